@@ -1,0 +1,3 @@
+from stackbox.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,318 @@
+"""The `stackbox` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from stackbox import __version__
+from stackbox.common.config import DEFAULT_CONFIG, ConfigError, Settings, check_host, load_settings
+
+
+def _settings(args) -> Settings:
+    config = args.config
+    if config is None and DEFAULT_CONFIG.exists():
+        config = DEFAULT_CONFIG
+    return load_settings(config, data_dir=args.data_dir)
+
+
+class Progress:
+    """One readable line per start-up step: `[2/5] database ... ok (0.3 s)`."""
+
+    def __init__(self, total: int, out=sys.stdout):
+        self.total, self.n, self.out = total, 0, out
+
+    def step(self, title: str):
+        self.n += 1
+        return _Step(self, title)
+
+
+class _Step:
+    def __init__(self, progress: Progress, title: str):
+        self.p, self.title, self.note = progress, title, ""
+
+    def __enter__(self):
+        self.started = time.monotonic()
+        self.p.out.write(f"[{self.p.n}/{self.p.total}] {self.title} ... ")
+        self.p.out.flush()
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        ms = time.monotonic() - self.started
+        word = "ok" if exc_type is None else "FAILED"
+        note = f" {self.note}" if self.note else ""
+        self.p.out.write(f"{word}{note} ({ms:.1f} s)\n")
+        self.p.out.flush()
+
+
+def running_pid(data_dir: Path) -> int | None:
+    from stackbox.server import pidfile
+    try:
+        pid = int(pidfile(data_dir).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"stackbox" in cmdline else None
+
+
+def cmd_up(args) -> int:
+    settings = _settings(args)
+    data_dir = settings.data_dir
+    pid = running_pid(data_dir)
+    if pid is not None:
+        print(f"stackbox is already running for {data_dir} (pid {pid}); "
+              f"`stackbox down --data-dir {data_dir}` stops it.", file=sys.stderr)
+        return 1
+    progress = Progress(5)
+    with progress.step("checking configuration and host"):
+        check_host(settings)
+    from stackbox.common.db import Database, migrate
+    from stackbox.identity import bootstrap as boot
+    with progress.step("applying database migrations") as st:
+        applied = migrate(settings.database_url)
+        st.note = f"({len(applied)} applied)" if applied else "(up to date)"
+    db = Database(settings.database_url)
+    try:
+        with progress.step("bootstrapping identity and catalog") as st:
+            created = boot.bootstrap(db, password_cost=settings.identity.password_hash_cost)
+            boot.sync_catalog(db, settings)
+            st.note = "(admin and demo created)" if created else "(existing cloud)"
+        with progress.step("writing credentials"):
+            if created:
+                boot.write_credentials(data_dir, settings, created)
+            else:
+                boot.refresh_credentials(data_dir, settings)
+    finally:
+        db.dispose()
+    if args.detach:
+        with progress.step("starting the APIs in the background") as st:
+            st.note = _start_detached(args, settings)
+        _summary(settings)
+        return 0
+    with progress.step("starting the APIs"):
+        from stackbox.server import bind
+        sockets = [bind(settings.api.bind_address, p) for p in settings.service_ports().values()]
+    _summary(settings)
+    print("Press Ctrl-C to stop.", flush=True)
+    from stackbox.common import logs
+    from stackbox.server import serve
+    logs.setup(data_dir, level=settings.log.level, max_bytes=settings.log.max_bytes,
+               backups=settings.log.backups, to_stderr=True)
+    serve(settings, sockets)
+    return 0
+
+
+def _start_detached(args, settings: Settings) -> str:
+    log_dir = settings.data_dir / "log"
+    log_dir.mkdir(exist_ok=True)
+    argv = [sys.executable, "-m", "stackbox", "serve", "--data-dir", str(settings.data_dir)]
+    if args.config is not None:
+        argv += ["--config", str(args.config)]
+    with open(log_dir / "stackbox.out", "ab") as out:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                 start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"the stackbox process exited with {child.returncode}; see "
+                               f"{log_dir / 'stackbox.out'} and {log_dir / 'stackbox.log'}")
+        if all(_version_doc(settings, name)[0] for name in settings.service_ports()):
+            return f"(pid {child.pid})"
+        time.sleep(0.1)
+    child.terminate()
+    raise RuntimeError(f"the APIs did not answer within 60 s; see {log_dir}")
+
+
+def _version_doc(settings: Settings, service: str) -> tuple[bool, str]:
+    port = settings.service_ports()[service]
+    host = settings.api.bind_address
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=2) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as e:  # Keystone answers its version list with 300
+        if e.code != 300:
+            return False, f"HTTP {e.code}"
+        body = json.loads(e.read())
+    except (OSError, ValueError) as e:
+        return False, str(getattr(e, "reason", e))
+    versions = body.get("versions", {})
+    values = versions.get("values", versions) if isinstance(versions, dict) else versions
+    ids = [v.get("id", "?") for v in values] if isinstance(values, list) else []
+    return True, ", ".join(ids) or "?"
+
+
+def _summary(settings: Settings) -> None:
+    d = settings.data_dir
+    print(f"\nstackbox {__version__} is up.")
+    for name in settings.service_ports():
+        print(f"  {name:<14} {settings.base_url(name)}")
+    print(f"\nCredentials: {d / 'clouds.yaml'} (clouds: stackbox = admin, stackbox-demo = demo)")
+    print(f"             {d / 'openrc-admin'}, {d / 'openrc-demo'}")
+    print("Try:\n"
+          f"  export OS_CLIENT_CONFIG_FILE={d / 'clouds.yaml'}\n"
+          "  openstack --os-cloud stackbox project list\n", flush=True)
+
+
+def cmd_serve(args) -> int:
+    settings = _settings(args)
+    from stackbox.common import logs
+    from stackbox.server import serve
+    logs.setup(settings.data_dir, level=settings.log.level, max_bytes=settings.log.max_bytes,
+               backups=settings.log.backups, to_stderr=False)
+    serve(settings)
+    return 0
+
+
+def cmd_down(args) -> int:
+    settings = _settings(args)
+    pid = running_pid(settings.data_dir)
+    if pid is None:
+        print(f"stackbox is not running for {settings.data_dir}.")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and running_pid(settings.data_dir) == pid:
+        time.sleep(0.1)
+    if running_pid(settings.data_dir) == pid:
+        os.kill(pid, signal.SIGKILL)
+        print(f"stackbox (pid {pid}) did not stop in 20 s; killed.")
+    else:
+        print(f"stackbox (pid {pid}) stopped.")
+    return 0
+
+
+def cmd_status(args) -> int:
+    settings = _settings(args)
+    pid = running_pid(settings.data_dir)
+    print(f"stackbox {'running, pid ' + str(pid) if pid else 'not running'} "
+          f"(data dir {settings.data_dir})")
+    healthy = True
+    print(f"{'service':<14} {'address':<28} {'health':<8} version")
+    for name in settings.service_ports():
+        ok, detail = _version_doc(settings, name)
+        healthy &= ok
+        print(f"{name:<14} {settings.base_url(name):<28} {'OK' if ok else 'DOWN':<8} {detail}")
+    try:
+        from stackbox.common.db import Database
+        from stackbox.common.registry import list_agents
+        from stackbox.common.db import utcnow
+        db = Database(settings.database_url)
+        agents = list_agents(db)
+        db.dispose()
+        print(f"\n{'agent':<16} {'host':<24} {'version':<9} last seen")
+        for a in agents:
+            age = (utcnow() - a.last_seen).total_seconds()
+            print(f"{a.binary:<16} {a.host:<24} {a.version:<9} {age:.0f} s ago (pid {a.pid})")
+    except Exception as e:  # the database may not exist yet
+        print(f"\nagents: unknown ({str(e).splitlines()[0][:120]})")
+    return 0 if healthy else 1
+
+
+def cmd_openrc(args) -> int:
+    settings = _settings(args)
+    user = {"stackbox": "admin", "stackbox-demo": "demo"}.get(args.cloud)
+    if user is None:
+        print(f"unknown cloud {args.cloud!r}; have: stackbox, stackbox-demo", file=sys.stderr)
+        return 2
+    path = settings.data_dir / f"openrc-{user}"
+    if not path.exists():
+        print(f"{path} does not exist; run `stackbox up` first", file=sys.stderr)
+        return 1
+    sys.stdout.write(path.read_text())
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from stackbox.cli.doctor import run_doctor
+    return run_doctor(_settings(args))
+
+
+def cmd_config_docs(args) -> int:
+    from stackbox.common.config import render_docs
+    text = render_docs()
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_keys_rotate(args) -> int:
+    settings = _settings(args)
+    from stackbox.common.db import Database
+    from stackbox.identity.service import IdentityService
+    db = Database(settings.database_url)
+    try:
+        key_id = IdentityService(db, settings).keys.rotate()
+    finally:
+        db.dispose()
+    print(f"new primary token signing key {key_id}; tokens signed by older keys stay valid "
+          f"until they expire")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stackbox", description=__doc__)
+    p.add_argument("--version", action="version", version=f"stackbox {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=None,
+                        help=f"TOML configuration file (default: {DEFAULT_CONFIG} if it exists)")
+    common.add_argument("--data-dir", type=Path, default=None,
+                        help="state directory (overrides data_dir in the file)")
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", parents=[common], help="start the cloud")
+    up.add_argument("--detach", action="store_true",
+                    help="return once every API answers its version document")
+    up.set_defaults(fn=cmd_up)
+    sub.add_parser("serve", parents=[common], help=argparse.SUPPRESS).set_defaults(fn=cmd_serve)
+    sub.add_parser("down", parents=[common], help="stop the cloud").set_defaults(fn=cmd_down)
+    sub.add_parser("status", parents=[common],
+                   help="services and agents").set_defaults(fn=cmd_status)
+    sub.add_parser("doctor", parents=[common],
+                   help="check this host").set_defaults(fn=cmd_doctor)
+    rc = sub.add_parser("openrc", parents=[common], help="print an openrc file")
+    rc.add_argument("--cloud", default="stackbox", help="stackbox (admin) or stackbox-demo")
+    rc.set_defaults(fn=cmd_openrc)
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    docs = cfg_sub.add_parser("docs", help="print docs/configuration.md")
+    docs.add_argument("--output", default=None)
+    docs.set_defaults(fn=cmd_config_docs)
+    keys = sub.add_parser("keys", help="token signing keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    keys_sub.add_parser("rotate", parents=[common],
+                        help="add a new primary signing key").set_defaults(fn=cmd_keys_rotate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print("stackbox: invalid configuration, nothing was started:", file=sys.stderr)
+        for problem in e.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"stackbox: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,302 @@
+"""Typed settings: one TOML file, validated once at start-up.
+
+Every error names the file, the key, the bad value, why it is wrong and how to
+fix it. Unknown keys are errors with a "did you mean". Settings are passed to
+constructors; nothing below reads configuration on its own.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import socket
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stackbox.common import hostops
+
+DEFAULT_CONFIG = Path("/etc/stackbox/stackbox.toml")
+DEFAULT_DATA_DIR = Path("/var/lib/stackbox")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ApiSettings(_Section):
+    bind_address: str = Field(
+        "127.0.0.1", description="Address every API listens on (IPv4 or IPv6 literal).")
+    public_base_url: str = Field(
+        "", description="Base URL clients use to reach the APIs (e.g. "
+        "`https://cloud.example.com`). Empty: `http://<bind_address>`. Only the "
+        "scheme and host are used; each service keeps its own port.")
+
+    @field_validator("bind_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError("not an IP address literal (example: 127.0.0.1, 0.0.0.0, ::1)")
+        return v
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and not (v.startswith("http://") or v.startswith("https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class DatabaseSettings(_Section):
+    url: str = Field(
+        "", description="SQLAlchemy database URL. Empty: SQLite at "
+        "`<data_dir>/stackbox.sqlite` (one host). For several API hosts use "
+        "PostgreSQL, e.g. `postgresql+psycopg://stackbox:secret@db/stackbox`.")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if v and not v.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql"):
+            raise ValueError("scheme must be sqlite or postgresql "
+                             "(e.g. postgresql+psycopg://user:pw@host/db)")
+        return v
+
+
+class IdentitySettings(_Section):
+    port: int = Field(5000, ge=1, le=65535, description="Port of the identity API (Keystone v3).")
+    region: str = Field("RegionOne", min_length=1, max_length=64,
+                        description="Region name in the service catalog.")
+    token_expiration: int = Field(
+        3600, ge=60, le=7 * 24 * 3600, description="Lifetime of a token, in seconds.")
+    signing_key_rotation: int = Field(
+        24 * 3600, ge=60, description="Seconds between automatic rotations of the "
+        "token signing key. Tokens signed with an older key stay valid until they expire.")
+    password_hash_cost: int = Field(
+        14, ge=10, le=20, description="scrypt cost as log2(N). Each step doubles the "
+        "CPU and memory needed to check a password (14 = about 50 ms here).")
+    token_cache_seconds: float = Field(
+        2.0, ge=0, le=60, description="How long a validated token's roles are cached. "
+        "Revocations take effect immediately on this host regardless.")
+
+
+class NetworkSettings(_Section):
+    public_interface: str = Field(
+        "", description="Host interface that carries external (floating IP) traffic. "
+        "Empty: external networks are not forwarded to the uplink.")
+
+    @field_validator("public_interface")
+    @classmethod
+    def _iface(cls, v: str) -> str:
+        if v:
+            have = hostops.interface_names()
+            if v not in have:
+                raise ValueError(f"no such interface on this host (have: {', '.join(have)})")
+        return v
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the stackbox process.")
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1024 * 1024,
+                           description="Rotate `<data_dir>/log/stackbox.log` at this size.")
+    backups: int = Field(5, ge=1, le=100, description="Rotated log files kept.")
+
+
+class Settings(_Section):
+    data_dir: Path = Field(DEFAULT_DATA_DIR, description="Directory for all state: "
+                           "database, keys, credentials, logs, images.")
+    api: ApiSettings = ApiSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    identity: IdentitySettings = IdentitySettings()
+    network: NetworkSettings = NetworkSettings()
+    log: LogSettings = LogSettings()
+
+    def service_ports(self) -> dict[str, int]:
+        """Service name -> port, for every API this build serves."""
+        return {"identity": self.identity.port}
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / 'stackbox.sqlite'}"
+
+    def base_url(self, service: str) -> str:
+        port = self.service_ports()[service]
+        if self.api.public_base_url:
+            return f"{self.api.public_base_url}:{port}"
+        host = self.api.bind_address
+        if host in ("0.0.0.0", "::"):
+            host = socket.getfqdn()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; str() is ready to print."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def load_settings(config_file: Path | None = None, *, data_dir: Path | None = None) -> Settings:
+    """Read and validate the TOML file (if any) and apply command-line overrides."""
+    source = str(config_file) if config_file else "(defaults)"
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            raw = tomllib.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise ConfigError([f"{source}: file not found; fix: create it or drop --config"])
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError([f"{source}: not valid TOML: {e}; fix: correct the syntax"])
+    if data_dir is not None:
+        raw["data_dir"] = str(data_dir)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError([_describe(source, err, raw) for err in e.errors()])
+
+
+def _describe(source: str, err: dict, raw: dict) -> str:
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        hint = difflib.get_close_matches(loc[-1], known, n=1)
+        where = f"[{'.'.join(loc[:-1])}]" if loc[:-1] else "the top level"
+        fix = (f"did you mean '{hint[0]}'?" if hint
+               else f"known keys in {where}: {', '.join(sorted(known))}")
+        return f"{source}: {key}: unknown key; fix: {fix}"
+    value = err.get("input")
+    why = err["msg"].removeprefix("Value error, ")
+    fix = _fix_for(loc)
+    return f"{source}: {key} = {value!r}: {why}; fix: {fix}"
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type)
+                                 and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _known_keys(loc: list[str]) -> list[str]:
+    model = _model_at(loc)
+    return list(model.model_fields) if model else []
+
+
+def _fix_for(loc: list[str]) -> str:
+    model = _model_at(loc[:-1])
+    field = model.model_fields.get(loc[-1]) if model else None
+    if field is None:
+        return "see docs/configuration.md"
+    return f"set {'.'.join(loc)} to a valid value (default: {field.default!r}); see docs/configuration.md"
+
+
+def check_host(settings: Settings, *, ports_held_by_us: bool = False) -> None:
+    """Checks that need the host: data dir writable, ports free, database
+    reachable. Raises ConfigError listing every problem found."""
+    problems: list[str] = []
+    problems += _check_data_dir(settings.data_dir)
+    if not ports_held_by_us:
+        for service, port in settings.service_ports().items():
+            if not port_free(settings.api.bind_address, port):
+                problems.append(
+                    f"{service}.port = {port}: port already in use on "
+                    f"{settings.api.bind_address}; fix: stop the process using it "
+                    f"(ss -ltnp 'sport = :{port}') or set [{service}] port to a free port")
+    if settings.database.url:
+        problems += _check_database(settings.database.url)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _check_data_dir(path: Path) -> list[str]:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return [f"data_dir = {str(path)!r}: cannot create it ({e.strerror}); "
+                f"fix: choose a writable directory with --data-dir"]
+    if not os.access(path, os.W_OK | os.X_OK):
+        return [f"data_dir = {str(path)!r}: not writable by uid {os.getuid()}; "
+                f"fix: chown it or choose another directory with --data-dir"]
+    return []
+
+
+def _check_database(url: str) -> list[str]:
+    from sqlalchemy import create_engine, text
+    try:
+        engine = create_engine(url, connect_args=_connect_timeout(url))
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as e:  # any driver error means "unreachable" to the operator
+        reason = str(e).strip().splitlines()[0][:300]
+        return [f"database.url = {_redact(url)!r}: cannot connect ({reason}); fix: check "
+                f"that the server runs and the host, port, user and password are right"]
+    return []
+
+
+def _connect_timeout(url: str) -> dict:
+    return {"connect_timeout": 5} if url.startswith("postgresql") else {}
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable url>"
+
+
+def port_free(address: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def render_docs() -> str:
+    """docs/configuration.md, generated from the models so it cannot drift."""
+    lines = ["# Configuration", "",
+             "<!-- generated by `stackbox config docs`; do not edit by hand -->", "",
+             "stackbox reads one TOML file (`--config FILE`, default "
+             f"`{DEFAULT_CONFIG}` if it exists). Every key is optional: the defaults run "
+             "a cloud on one host with no edits. Unknown keys, wrong types and values out "
+             "of range stop `stackbox up` with the file, key, value, reason and a fix.", ""]
+    lines += _render_section("", Settings)
+    return "\n".join(lines) + "\n"
+
+
+def _render_section(prefix: str, model: type[BaseModel]) -> list[str]:
+    title = f"## `[{prefix}]`" if prefix else "## Top level"
+    out = [title, "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    subs = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            subs.append((name, ann))
+            continue
+        default = field.default
+        if isinstance(default, Path):
+            default = str(default)
+        tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        out.append(f"| `{name}` | {tname} | `{default!r}` | {field.description or ''} |")
+    out.append("")
+    for name, sub in subs:
+        out += _render_section(f"{prefix}.{name}" if prefix else name, sub)
+    return out

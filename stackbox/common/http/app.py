@@ -1,0 +1,50 @@
+"""Building a service's ASGI app and serving every service from one process.
+
+One uvicorn server listens on every service's socket; PortDispatcher sends each
+connection to the app of the port it arrived on.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute
+
+from stackbox.common.http.errors import Dialect, install_handlers
+from stackbox.common.http.middleware import (AccessLogMiddleware, RequestIdMiddleware,
+                                             TokenAuthMiddleware, TokenValidator)
+
+
+def build_service_app(name: str, routes: Sequence[BaseRoute], *, dialect: Dialect,
+                      validator: TokenValidator, auth_required: bool,
+                      public: Callable[[str, str], bool] = lambda m, p: False):
+    """The middleware order, outermost first: request id, access log, token auth."""
+    app = Starlette(routes=list(routes))
+    install_handlers(app, dialect)
+    stack = TokenAuthMiddleware(app, validator=validator, dialect=dialect,
+                                required=auth_required, public=public)
+    stack = AccessLogMiddleware(stack, service=name)
+    return RequestIdMiddleware(stack)
+
+
+class PortDispatcher:
+    """Routes a connection to the app serving the local port it came in on."""
+
+    def __init__(self, apps_by_port: dict[int, object]):
+        self.apps = apps_by_port
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        server = scope.get("server") or (None, None)
+        app = self.apps.get(server[1])
+        if app is None:
+            raise RuntimeError(f"no service on port {server[1]}")
+        await app(scope, receive, send)

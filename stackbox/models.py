@@ -1,0 +1,8 @@
+"""Every service's tables, gathered for Alembic. Services import their own
+models module, never another service's."""
+
+from stackbox.common.db import Base
+from stackbox.common import registry  # noqa: F401  (agents/service heartbeats)
+from stackbox.identity import models as _identity  # noqa: F401
+
+metadata = Base.metadata

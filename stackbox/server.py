@@ -1,0 +1,105 @@
+"""The stackbox process: every API in one process, one event loop, one
+uvicorn server listening on each service's port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from stackbox import __version__
+from stackbox.common import registry
+from stackbox.common.config import Settings
+from stackbox.common.db import Database, utcnow
+from stackbox.common.http.app import PortDispatcher
+from stackbox.identity.api import build_app as build_identity_app
+from stackbox.identity.service import IdentityService
+
+log = logging.getLogger("stackbox.server")
+
+HEARTBEAT_SECONDS = 10
+
+
+def pidfile(data_dir: Path) -> Path:
+    return data_dir / "stackbox.pid"
+
+
+def bind(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Cloud:
+    """The services of one stackbox process, built from settings."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.db = Database(settings.database_url)
+        self.identity = IdentityService(self.db, settings)
+        self.started_at = utcnow()
+
+    def prepare(self) -> None:
+        self.identity.keys.ensure_key()
+        self.identity.auth.revocations.load()
+
+    def apps(self) -> dict[int, object]:
+        auth_url = lambda: self.settings.base_url("identity") + "/v3"  # noqa: E731
+        return {self.settings.identity.port: build_identity_app(self.identity,
+                                                                auth_url=auth_url)}
+
+    async def housekeeping(self, stop: asyncio.Event) -> None:
+        """Heartbeat for `stackbox status`, and signing-key rotation."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(registry.heartbeat, self.db, binary="stackbox-api",
+                                        version=__version__, started_at=self.started_at)
+                await asyncio.to_thread(self.identity.keys.ensure_key)
+            except Exception:
+                log.exception("housekeeping pass failed; retrying")
+            try:
+                await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+
+
+def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    cloud = Cloud(settings)
+    cloud.prepare()
+    if sockets is None:
+        sockets = [bind(settings.api.bind_address, p)
+                   for p in settings.service_ports().values()]
+    config = uvicorn.Config(PortDispatcher(cloud.apps()), log_config=None, access_log=False,
+                            lifespan="off", timeout_keep_alive=30, server_header=False)
+    server = uvicorn.Server(config)
+    pid_path = pidfile(settings.data_dir)
+    pid_path.write_text(f"{os.getpid()}\n")
+
+    async def main():
+        stop = asyncio.Event()
+        chores = asyncio.create_task(cloud.housekeeping(stop))
+        try:
+            await server.serve(sockets=sockets)
+        finally:
+            stop.set()
+            await chores
+
+    try:
+        log.info("stackbox %s serving %s", __version__, settings.service_ports())
+        asyncio.run(main())
+    finally:
+        try:
+            if pid_path.read_text().strip() == str(os.getpid()):
+                pid_path.unlink()
+        except FileNotFoundError:
+            pass
+        cloud.db.dispose()
+        log.info("stackbox stopped")
