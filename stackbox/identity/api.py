@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from starlette.concurrency import run_in_threadpool as call
 from starlette.requests import Request
@@ -222,21 +223,21 @@ class IdentityApi:
             "links": {"self": f"{base}{request.url.path}"}})
 
     # -- grants ------------------------------------------------------------
-    def _grant_key(self, request) -> dict:
+    @staticmethod
+    def _grant_key(request, target: str, actor: str) -> dict:
         p = request.path_params
-        return dict(target_type=p["target"][:-1], target_id=p["target_id"],
-                    actor_type=p["actor"][:-1], actor_id=p["actor_id"],
-                    role_id=p.get("role_id"))
+        return dict(target_type=target[:-1], target_id=p["target_id"],
+                    actor_type=actor[:-1], actor_id=p["actor_id"], role_id=p.get("role_id"))
 
-    async def grant(self, request):
-        ctx, key = context_of(request), self._grant_key(request)
+    async def grant(self, request, *, target: str, actor: str):
+        ctx, key = context_of(request), self._grant_key(request, target, actor)
         fn = {"PUT": self.svc.create_grant, "HEAD": self.svc.check_grant,
               "GET": self.svc.check_grant, "DELETE": self.svc.revoke_grant}[request.method]
         await call(fn, ctx, **key)
         return Response(status_code=204)
 
-    async def list_grants(self, request):
-        key = self._grant_key(request)
+    async def list_grants(self, request, *, target: str, actor: str):
+        key = self._grant_key(request, target, actor)
         key.pop("role_id")
         roles = await call(self.svc.list_grants, context_of(request), **key)
         return self.collection(request, "roles",
@@ -355,12 +356,6 @@ class IdentityApi:
                   methods=["PUT", "GET", "HEAD", "DELETE"]),
             Route("/v3/role_inferences", self.role_inferences, methods=["GET", "HEAD"]),
             Route("/v3/role_assignments", self.role_assignments, methods=["GET", "HEAD"]),
-            Route("/v3/{target:regex(projects|domains)}/{target_id}/"
-                  "{actor:regex(users|groups)}/{actor_id}/roles", self.list_grants,
-                  methods=["GET", "HEAD"]),
-            Route("/v3/{target:regex(projects|domains)}/{target_id}/"
-                  "{actor:regex(users|groups)}/{actor_id}/roles/{role_id}", self.grant,
-                  methods=["PUT", "HEAD", "GET", "DELETE"]),
             Route("/v3/users/{user_id}/application_credentials", self.list_app_creds,
                   methods=["GET", "HEAD"]),
             Route("/v3/users/{user_id}/application_credentials", self.create_app_cred,
@@ -377,6 +372,13 @@ class IdentityApi:
             Route("/v3/users/{user_id}/credentials/OS-EC2/{access}", self.delete_ec2,
                   methods=["DELETE"]),
         ]
+        for target in ("projects", "domains"):
+            for actor in ("users", "groups"):
+                prefix = f"/v3/{target}/{{target_id}}/{actor}/{{actor_id}}/roles"
+                kw = dict(target=target, actor=actor)
+                r += [Route(prefix, partial(self.list_grants, **kw), methods=["GET", "HEAD"]),
+                      Route(prefix + "/{role_id}", partial(self.grant, **kw),
+                            methods=["PUT", "HEAD", "GET", "DELETE"])]
         r += self.crud_routes("domains", "domain", render.domain, filters=("name", "enabled"),
                               create_schema=s.DomainCreate, update_schema=s.DomainUpdate,
                               svc_names="domains")
