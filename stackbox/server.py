@@ -4,8 +4,11 @@ uvicorn server listening on each service's port."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 
@@ -30,7 +33,11 @@ def pidfile(data_dir: Path) -> Path:
 
 def bind(address: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections
+    # only when the listening socket says so; without it every keep-alive
+    # response waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((address, port))
     sock.listen(1024)
@@ -71,7 +78,35 @@ class Cloud:
                 pass
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after a graceful stop, which would kill the
+    process before it removes its pidfile; stop gracefully and return instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def _return_big_allocations_to_the_os() -> None:
+    """Password checks allocate 16 MiB each (scrypt); glibc's adaptive mmap
+    threshold would keep those in the heap for good. A fixed threshold makes
+    every large block an mmap that is unmapped when freed, so RSS falls back."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    _return_big_allocations_to_the_os()
     cloud = Cloud(settings)
     cloud.prepare()
     if sockets is None:
@@ -79,7 +114,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
                    for p in settings.service_ports().values()]
     config = uvicorn.Config(PortDispatcher(cloud.apps()), log_config=None, access_log=False,
                             lifespan="off", timeout_keep_alive=30, server_header=False)
-    server = uvicorn.Server(config)
+    server = _Server(config)
     pid_path = pidfile(settings.data_dir)
     pid_path.write_text(f"{os.getpid()}\n")
 

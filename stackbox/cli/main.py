@@ -240,6 +240,8 @@ def cmd_openrc(args) -> int:
 
 
 def cmd_doctor(args) -> int:
+    import logging
+    logging.basicConfig(level=logging.ERROR)  # doctor's own lines say what went wrong
     from stackbox.cli.doctor import run_doctor
     return run_doctor(_settings(args))
 

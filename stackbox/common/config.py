@@ -79,6 +79,11 @@ class IdentitySettings(_Section):
     password_hash_cost: int = Field(
         14, ge=10, le=20, description="scrypt cost as log2(N). Each step doubles the "
         "CPU and memory needed to check a password (14 = about 50 ms here).")
+    password_cache_seconds: float = Field(
+        300, ge=0, le=3600, description="After a password verifies, the same user and "
+        "password skip the KDF for this long (kept as an HMAC under a per-process key, "
+        "never the password). Clients that log in for every command, like the "
+        "`openstack` CLI, then cost milliseconds. 0 disables it.")
     token_cache_seconds: float = Field(
         2.0, ge=0, le=60, description="How long a validated token's roles are cached. "
         "Revocations take effect immediately on this host regardless.")

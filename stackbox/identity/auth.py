@@ -103,7 +103,8 @@ class RevocationList:
 
 class Authenticator:
     def __init__(self, db: Database, codec: TokenCodec, *, token_lifetime: int,
-                 password_cost: int, cache_seconds: float, roles_for):
+                 password_cost: int, cache_seconds: float, roles_for,
+                 password_cache_seconds: float = 0):
         self.db = db
         self.codec = codec
         self.token_lifetime = token_lifetime
@@ -111,6 +112,7 @@ class Authenticator:
         self.cache_seconds = cache_seconds
         self.roles_for = roles_for  # (session, user_id, project_id|None, domain_id|None) -> [Role]
         self.revocations = RevocationList(db)
+        self.verified = passwords.VerifiedCache(password_cache_seconds)
         self._cache: dict[str, tuple[float, TokenInfo]] = {}
         self._cache_lock = threading.Lock()
 
@@ -150,7 +152,12 @@ class Authenticator:
         with self.db.read() as s:
             user = self._find_user(s, spec)
         stored = user.password_hash if user is not None else None
-        ok = passwords.verify_password(password, stored, cost=self.password_cost)
+        if user is not None and self.verified.hit(user.id, stored, password):
+            ok = True
+        else:
+            ok = passwords.verify_password(password, stored, cost=self.password_cost)
+            if ok:
+                self.verified.remember(user.id, stored, password)
         if not ok or user is None or not user.enabled:
             raise Unauthorized(AUTH_FAILED)
         return user

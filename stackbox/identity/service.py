@@ -78,7 +78,8 @@ class IdentityService:
         self.auth = Authenticator(db, TokenCodec(self.keys), token_lifetime=cfg.token_expiration,
                                   password_cost=cfg.password_hash_cost,
                                   cache_seconds=cfg.token_cache_seconds,
-                                  roles_for=effective_roles)
+                                  roles_for=effective_roles,
+                                  password_cache_seconds=cfg.password_cache_seconds)
 
     # -- the TokenValidator protocol used by every service's middleware ------
     def validate_cached(self, token: str) -> RequestContext | None:
