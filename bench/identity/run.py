@@ -335,15 +335,25 @@ class Target:
 class StackboxProcess:
     """`stackbox up --detach` in a temp data dir; `stackbox down` on close()."""
 
-    def __init__(self, binary: str):
+    def __init__(self, binary: str, settings: list[str] | None = None):
         self.binary = binary
+        self.settings = settings or []
         self.data_dir = Path(tempfile.mkdtemp(prefix="bench-stackbox-"))
         self.started = False
 
     def start(self) -> dict:
         port = free_port()
         cfg = self.data_dir.parent / (self.data_dir.name + ".toml")
-        cfg.write_text('[api]\nbind_address = "127.0.0.1"\n\n[identity]\nport = %d\n' % port)
+        extra = {}
+        for item in self.settings:  # "identity.password_cache_seconds=0"
+            key, _, value = item.partition("=")
+            section, _, name = key.partition(".")
+            extra.setdefault(section, []).append(f"{name} = {value}")
+        text = '[api]\nbind_address = "127.0.0.1"\n\n[identity]\nport = %d\n' % port
+        text += "".join(f"{line}\n" for line in extra.pop("identity", []))
+        for section, lines in extra.items():
+            text += f"\n[{section}]\n" + "".join(f"{line}\n" for line in lines)
+        cfg.write_text(text)
         self.config = cfg
         log(f"starting stackbox: data-dir={self.data_dir} identity port={port}")
         self.started = True
@@ -501,6 +511,10 @@ def parse_args(argv=None):
     g.add_argument("--data-dir", help="stackbox data dir (for stackbox.pid)")
     g.add_argument("--start-stackbox", action="store_true",
                    help="start stackbox (stackbox up --detach) in a temp dir, stop it at the end")
+    g.add_argument("--stackbox-setting", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE",
+                   help="extra setting for --start-stackbox, e.g. "
+                        "identity.password_cache_seconds=0 (repeatable)")
     g.add_argument("--stackbox-bin", default=str(REPO / ".venv" / "bin" / "stackbox"))
     g = p.add_argument_group("keystone")
     g.add_argument("--keystone", action="store_true", help="also benchmark the Keystone peer")
@@ -555,7 +569,7 @@ def main(argv=None) -> int:
         # ---- stackbox
         if args.start_stackbox or args.stackbox_url:
             if args.start_stackbox:
-                sb_proc = StackboxProcess(args.stackbox_bin)
+                sb_proc = StackboxProcess(args.stackbox_bin, args.stackbox_setting)
                 auth = sb_proc.start()
                 url, user, pw = auth["auth_url"], auth["username"], auth["password"]
                 project = auth.get("project_name", "admin")

@@ -27,6 +27,16 @@ from stackbox.identity.tokens import TokenCodec, TokenPayload, new_audit_id
 AUTH_FAILED = "The request you have made requires authentication."
 
 
+def _object(value, field: str) -> dict:
+    """A member of the auth body that must be a JSON object."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"Invalid input for field '{field}': expected an object, got "
+                         f"{type(value).__name__}.", field=field)
+    return value
+
+
 @dataclasses.dataclass
 class TokenInfo:
     """Everything the API needs to render a token body."""
@@ -57,6 +67,11 @@ class TokenInfo:
             app_cred_unrestricted=bool(self.app_cred and self.app_cred.unrestricted),
             expires_at=self.payload.expires_at, issued_at=self.payload.issued_at,
             token=self.token)
+
+
+def _domain_enabled(s, domain_id: str) -> bool:
+    domain = s.get(Domain, domain_id)
+    return domain is not None and domain.enabled
 
 
 class RevocationList:
@@ -140,9 +155,10 @@ class Authenticator:
 
     def _by_password(self, identity: dict) -> User:
         try:
-            spec = identity["password"]["user"]
+            spec = _object(_object(identity.get("password"), "identity.password").get("user"),
+                           "identity.password.user")
             password = spec["password"]
-        except (KeyError, TypeError):
+        except KeyError:
             raise BadRequest("Invalid input for field 'identity.password.user': id or name "
                              "with domain, and password, are required.",
                              field="identity.password.user")
@@ -151,6 +167,8 @@ class Authenticator:
                              "must be a string.", field="identity.password.user.password")
         with self.db.read() as s:
             user = self._find_user(s, spec)
+            if user is not None and not _domain_enabled(s, user.domain_id):
+                user = None  # a disabled domain's users cannot log in (same 401)
         stored = user.password_hash if user is not None else None
         if user is not None and self.verified.hit(user.id, stored, password):
             ok = True
@@ -181,7 +199,7 @@ class Authenticator:
         return s.scalars(select(Domain).where(Domain.name == spec["name"])).first()
 
     def _by_token(self, identity: dict):
-        token = (identity.get("token") or {}).get("id")
+        token = _object(identity.get("token"), "identity.token").get("id")
         if not token:
             raise BadRequest("Invalid input for field 'identity.token.id': required.",
                              field="identity.token.id")
@@ -193,7 +211,8 @@ class Authenticator:
         return info.user, info.payload["e"], audits, {}
 
     def _by_app_cred(self, identity: dict, scope) -> TokenInfo:
-        spec = identity.get("application_credential") or {}
+        spec = _object(identity.get("application_credential"),
+                       "identity.application_credential")
         secret = spec.get("secret")
         if not isinstance(secret, str) or not (spec.get("id") or spec.get("name")):
             raise BadRequest("Invalid input for field 'identity.application_credential': id "
@@ -242,20 +261,21 @@ class Authenticator:
             raise BadRequest("Invalid input for field 'scope': expected an object or "
                              "'unscoped'.", field="scope")
         if "project" in scope:
-            spec = scope["project"] or {}
+            spec = _object(scope["project"], "scope.project")
             if spec.get("id"):
                 project = s.get(Project, spec["id"])
             else:
                 domain = self._find_domain(s, spec.get("domain"), required_for="project")
                 project = domain and s.scalars(select(Project).where(
                     Project.name == spec.get("name"), Project.domain_id == domain.id)).first()
-            if project is None or not project.enabled:
+            if project is None or not project.enabled or not _domain_enabled(s, project.domain_id):
                 raise Unauthorized(AUTH_FAILED)
             if not self.roles_for(s, user.id, project.id, None):
                 raise Unauthorized(f"User {user.id} has no access to project {project.id}")
             return project, None
         if "domain" in scope:
-            domain = self._find_domain(s, scope["domain"], required_for="scope")
+            domain = self._find_domain(s, _object(scope["domain"], "scope.domain"),
+                                       required_for="scope")
             if domain is None or not domain.enabled:
                 raise Unauthorized(AUTH_FAILED)
             if not self.roles_for(s, user.id, None, domain.id):
@@ -313,7 +333,11 @@ class Authenticator:
             if user is None or not user.enabled:
                 raise Unauthorized(AUTH_FAILED)
             user_domain = s.get(Domain, user.domain_id)
+            if user_domain is None or not user_domain.enabled:
+                raise Unauthorized(AUTH_FAILED)
             project = s.get(Project, payload["p"]) if "p" in payload else None
+            if project is not None and not _domain_enabled(s, project.domain_id):
+                raise Unauthorized(AUTH_FAILED)
             domain = s.get(Domain, payload["d"]) if "d" in payload else None
             if ("p" in payload and (project is None or not project.enabled)) or (
                     "d" in payload and (domain is None or not domain.enabled)):

@@ -50,8 +50,8 @@ class Admin:
         return requests.request(method, f"{self.cloud.auth_url}{path}", headers=self.h,
                                 timeout=T, **kw)
 
-    def project(self, name) -> str:
-        r = self.req("POST", "/projects", json={"project": {"name": name}})
+    def project(self, name, **extra) -> str:
+        r = self.req("POST", "/projects", json={"project": {"name": name, **extra}})
         assert r.status_code == 201, r.text
         self.created.append(f"/projects/{r.json()['project']['id']}")
         return r.json()["project"]["id"]
@@ -73,8 +73,16 @@ class Admin:
         r = self.req("PUT", f"/{target}/{target_id}/users/{user_id}/roles/{self.role_id(role)}")
         assert r.status_code == 204, r.text
 
+    def domain(self, name) -> str:
+        r = self.req("POST", "/domains", json={"domain": {"name": name}})
+        assert r.status_code == 201, r.text
+        self.created.append(f"/domains/{r.json()['domain']['id']}")
+        return r.json()["domain"]["id"]
+
     def cleanup(self):
         for path in reversed(self.created):
+            if path.startswith("/domains/"):
+                self.req("PATCH", path, json={"domain": {"enabled": False}})
             self.req("DELETE", path)
 
 
@@ -159,7 +167,7 @@ def test_rescope_by_token_keeps_expiry(cloud):
     assert r2.status_code == 201, r2.text
     second = r2.json()["token"]
     assert second["expires_at"] == first["expires_at"]
-    assert second["project"]["name"] == "admin" and second["methods"] == ["token"]
+    assert second["project"]["name"] == "admin" and "token" in second["methods"]
     assert second["audit_ids"][1] == first["audit_ids"][0]
     assert r2.headers["X-Subject-Token"] != r.headers["X-Subject-Token"]
 
@@ -268,6 +276,43 @@ def test_unknown_path_is_keystone_404(cloud, admin):
     r = admin.req("GET", "/no-such-resource")
     msg = _keystone_error(r, 404, "Not Found")
     assert msg == "The resource could not be found."
+    r = admin.req("PUT", "/projects", json={})
+    _keystone_error(r, 405, "Method Not Allowed")
+
+
+def test_unknown_path_without_token_is_404(cloud):
+    r = requests.get(f"{cloud.auth_url}/no-such-resource", timeout=T)
+    _keystone_error(r, 404, "Not Found")
+
+
+@pytest.mark.parametrize("case", ["token-str", "app-cred-str", "scope-project-str"])
+def test_malformed_auth_members_are_400_not_500(cloud, case):
+    auth = {"token-str": {"identity": {"methods": ["token"], "token": "abc"}},
+            "app-cred-str": {"identity": {"methods": ["application_credential"],
+                                          "application_credential": "x"}},
+            # valid credentials, so that the scope is what gets parsed
+            "scope-project-str": _auth("admin", cloud.admin_password,
+                                       {"project": "admin"})["auth"]}[case]
+    r = requests.post(f"{cloud.auth_url}/auth/tokens", json={"auth": auth}, timeout=T)
+    _keystone_error(r, 400, "Bad Request")
+
+
+def test_disabling_a_domain_invalidates_its_tokens(cloud, admin, unique):
+    did = admin.domain(unique("dom"))
+    pid = admin.project(unique("dproj"), domain_id=did)
+    name = unique("duser")
+    admin.user(name, "pw-dom-2", pid, domain_id=did)
+    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": name, "domain": {"id": did}, "password": "pw-dom-2"}}},
+        "scope": {"project": {"id": pid}}}}
+    r = _issue(cloud, body)
+    assert r.status_code == 201, r.text
+    h = {"X-Auth-Token": r.headers["X-Subject-Token"]}
+    r = admin.req("PATCH", f"/domains/{did}", json={"domain": {"enabled": False}})
+    assert r.status_code == 200 and r.json()["domain"]["enabled"] is False
+    _keystone_error(_issue(cloud, body), 401, "Unauthorized")
+    r = requests.get(f"{cloud.auth_url}/projects/{pid}", headers=h, timeout=T)
+    _keystone_error(r, 401, "Unauthorized")
 
 
 def test_demo_sees_only_itself(cloud, admin):

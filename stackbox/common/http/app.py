@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from starlette.applications import Starlette
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Match
 
 from stackbox.common.http.errors import Dialect, install_handlers
 from stackbox.common.http.middleware import (AccessLogMiddleware, RequestIdMiddleware,
@@ -22,8 +22,12 @@ def build_service_app(name: str, routes: Sequence[BaseRoute], *, dialect: Dialec
     """The middleware order, outermost first: request id, access log, token auth."""
     app = Starlette(routes=list(routes))
     install_handlers(app, dialect)
+
+    def routed(scope) -> bool:
+        return any(route.matches(scope)[0] is not Match.NONE for route in app.routes)
+
     stack = TokenAuthMiddleware(app, validator=validator, dialect=dialect,
-                                required=auth_required, public=public)
+                                required=auth_required, public=public, routed=routed)
     stack = AccessLogMiddleware(stack, service=name)
     return RequestIdMiddleware(stack)
 

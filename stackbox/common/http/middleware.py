@@ -93,8 +93,10 @@ class TokenAuthMiddleware:
     token is answered 401 here, except for `public` paths (version documents)."""
 
     def __init__(self, app, *, validator: TokenValidator, dialect: Dialect,
-                 required: bool, public: Callable[[str, str], bool] = lambda m, p: False):
+                 required: bool, public: Callable[[str, str], bool] = lambda m, p: False,
+                 routed: Callable[[dict], bool] = lambda scope: True):
         self.app = app
+        self.routed = routed
         self.validator = validator
         self.dialect = dialect
         self.required = required
@@ -111,7 +113,9 @@ class TokenAuthMiddleware:
                 if ctx is None:
                     ctx = await run_in_threadpool(self.validator.validate, token)
                 scope[CONTEXT_KEY] = ctx.with_request_id(request_id)
-            elif self.required and not self.public(scope["method"], scope["path"]):
+            elif (self.required and not self.public(scope["method"], scope["path"])
+                  and self.routed(scope)):
+                # An unknown path is a 404 even without a token, as in Keystone.
                 raise errors.Unauthorized("The request you have made requires authentication.")
             else:
                 scope[CONTEXT_KEY] = RequestContext(request_id=request_id)
