@@ -55,6 +55,15 @@ def effective_roles(s, user_id: str, project_id: str | None, domain_id: str | No
     return list(s.scalars(select(Role).where(Role.id.in_(ids)).order_by(Role.name)))
 
 
+def _select(model, order_by, **filters):
+    """SELECT model WHERE each given (not None) filter equals its column."""
+    q = select(model).order_by(order_by)
+    for column, value in filters.items():
+        if value is not None:
+            q = q.where(getattr(model, column) == value)
+    return q
+
+
 def _get(s, model, id_: str, kind: str):
     obj = s.get(model, id_) if id_ else None
     if obj is None:
@@ -135,11 +144,7 @@ class IdentityService:
     # -- domains -----------------------------------------------------------
     def list_domains(self, ctx, *, name=None, enabled=None) -> list[Domain]:
         enforce(ctx, "list_domains")
-        q = select(Domain).order_by(Domain.name)
-        if name is not None:
-            q = q.where(Domain.name == name)
-        if enabled is not None:
-            q = q.where(Domain.enabled.is_(enabled))
+        q = _select(Domain, Domain.name, name=name, enabled=enabled)
         with self.db.read() as s:
             return list(s.scalars(q))
 
@@ -197,13 +202,7 @@ class IdentityService:
     # -- projects ----------------------------------------------------------
     def list_projects(self, ctx, *, name=None, domain_id=None, enabled=None) -> list[Project]:
         enforce(ctx, "list_projects")
-        q = select(Project).order_by(Project.name)
-        if name is not None:
-            q = q.where(Project.name == name)
-        if domain_id is not None:
-            q = q.where(Project.domain_id == domain_id)
-        if enabled is not None:
-            q = q.where(Project.enabled.is_(enabled))
+        q = _select(Project, Project.name, name=name, domain_id=domain_id, enabled=enabled)
         with self.db.read() as s:
             return list(s.scalars(q))
 
@@ -284,13 +283,7 @@ class IdentityService:
     # -- users -------------------------------------------------------------
     def list_users(self, ctx, *, name=None, domain_id=None, enabled=None) -> list[User]:
         enforce(ctx, "list_users")
-        q = select(User).order_by(User.name)
-        if name is not None:
-            q = q.where(User.name == name)
-        if domain_id is not None:
-            q = q.where(User.domain_id == domain_id)
-        if enabled is not None:
-            q = q.where(User.enabled.is_(enabled))
+        q = _select(User, User.name, name=name, domain_id=domain_id, enabled=enabled)
         with self.db.read() as s:
             return list(s.scalars(q))
 
@@ -377,11 +370,7 @@ class IdentityService:
     # -- groups ------------------------------------------------------------
     def list_groups(self, ctx, *, name=None, domain_id=None) -> list[Group]:
         enforce(ctx, "list_groups")
-        q = select(Group).order_by(Group.name)
-        if name is not None:
-            q = q.where(Group.name == name)
-        if domain_id is not None:
-            q = q.where(Group.domain_id == domain_id)
+        q = _select(Group, Group.name, name=name, domain_id=domain_id)
         with self.db.read() as s:
             return list(s.scalars(q))
 
@@ -470,9 +459,7 @@ class IdentityService:
     # -- roles -------------------------------------------------------------
     def list_roles(self, ctx, *, name=None) -> list[Role]:
         enforce(ctx, "list_roles")
-        q = select(Role).order_by(Role.name)
-        if name is not None:
-            q = q.where(Role.name == name)
+        q = _select(Role, Role.name, name=name)
         with self.db.read() as s:
             return list(s.scalars(q))
 
@@ -687,11 +674,7 @@ class IdentityService:
 
     def list_services(self, ctx, *, type_=None, name=None) -> list[Service]:
         enforce(ctx, "list_services")
-        q = select(Service).order_by(Service.type)
-        if type_ is not None:
-            q = q.where(Service.type == type_)
-        if name is not None:
-            q = q.where(Service.name == name)
+        q = _select(Service, Service.type, type=type_, name=name)
         with self.db.read() as s:
             return list(s.scalars(q))
 
@@ -703,13 +686,8 @@ class IdentityService:
     def list_endpoints(self, ctx, *, interface=None, service_id=None,
                        region_id=None) -> list[Endpoint]:
         enforce(ctx, "list_endpoints")
-        q = select(Endpoint).order_by(Endpoint.service_id, Endpoint.interface)
-        if interface is not None:
-            q = q.where(Endpoint.interface == interface)
-        if service_id is not None:
-            q = q.where(Endpoint.service_id == service_id)
-        if region_id is not None:
-            q = q.where(Endpoint.region_id == region_id)
+        q = _select(Endpoint, Endpoint.interface, interface=interface, service_id=service_id,
+                    region_id=region_id)
         with self.db.read() as s:
             return list(s.scalars(q))
 
