@@ -1,0 +1,486 @@
+"""One object = one file on one device; data and metadata together.
+
+Layout (Swift's):
+    <devices_root>/<device>/objects/<partition>/<suffix>/<hash>/<timestamp>.data|.ts
+    <devices_root>/<device>/tmp/                 uploads in progress (same fs: rename)
+    <devices_root>/<device>/quarantined/objects/<hash>/   corrupt files, kept for forensics
+`hash` is md5(prefix + "/a/c/o" + suffix) in hex (shared with the ring), and
+`suffix` its last three hex digits, so replication can compare directories.
+
+File format: the data bytes, then a JSON metadata block, then a fixed footer
+    >8s H H I Q 32s  = magic, format version, flags (0), metadata length,
+                       data length, sha256 of the metadata block
+Why a footer and not a header or xattrs:
+* xattrs: ext4 keeps only ~4 KiB of them per inode; user metadata plus names
+  would not fit, and Swift's pickled xattrs are the thing STYLE.md says to avoid.
+* header: the etag and size are only known after the last byte arrives; a
+  header would need a reserved, size-capped region and a seek back.
+* footer: stream the data straight to a temp file while hashing it, append the
+  metadata (etag included), fsync, rename. A HEAD is one open + one pread of
+  the file's tail; data starts at offset 0 so a range read is a plain pread.
+The footer's lengths must add up to the file size, which catches truncation;
+the sha256 catches a damaged metadata block; the md5 etag (re-hashed by the
+auditor, or inline on any full read) catches damaged data.
+
+Timestamps are Swift's X-Timestamp strings (`1700000000.12345`); the newest
+file in a hash directory wins, `.ts` (tombstone) beating `.data` on a tie,
+exactly as in Swift, so replicas converge however writes interleave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import time
+import uuid
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Iterator
+
+from stackbox.common.errors import BadRequest, NotFound, ServiceUnavailable
+from stackbox.objectstore import fsutil
+from stackbox.objectstore.errors import CorruptFile, OlderTimestamp, Quarantined
+from stackbox.objectstore.hashing import hash_path, object_path
+
+MAGIC = b"SBXOBJ\r\n"          # \r\n: a text-mode copy that mangles newlines is caught
+FORMAT_VERSION = 1
+FOOTER = struct.Struct(">8sHHIQ32s")
+CHUNK_SIZE = 64 * 1024
+MAX_METADATA = 64 * 1024
+SYSTEM_KEYS = ("name", "etag", "size", "timestamp")
+_EXT_RANK = {".data": 0, ".ts": 1}   # on equal timestamps a delete wins
+
+
+# --- timestamps --------------------------------------------------------------
+
+def normalize_timestamp(value: float | int | str) -> str:
+    """Swift's X-Timestamp form: 10 digits, a dot, 5 digits."""
+    ticks = _ticks(value)
+    return f"{ticks // 100_000:010d}.{ticks % 100_000:05d}"
+
+
+def _ticks(value) -> int:
+    # Decimal, not float, so "1700000000.12345" round-trips exactly.
+    try:
+        if isinstance(value, bool):
+            raise InvalidOperation
+        ticks = int((Decimal(str(value)) * 100_000).to_integral_value(ROUND_HALF_EVEN))
+    except (InvalidOperation, ValueError):
+        raise BadRequest(f"invalid timestamp {value!r}", field="timestamp") from None
+    if not 0 <= ticks < 10**15:
+        raise BadRequest(f"timestamp {value!r} is out of range", field="timestamp")
+    return ticks
+
+
+# --- file format -------------------------------------------------------------
+
+def _encode_metadata(meta: dict) -> bytes:
+    try:
+        raw = json.dumps(meta, sort_keys=True, separators=(",", ":"),
+                         ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, UnicodeEncodeError) as exc:
+        raise BadRequest(f"metadata is not JSON-serialisable text: {exc}",
+                         field="metadata") from None
+    if len(raw) > MAX_METADATA:
+        raise BadRequest(f"metadata is {len(raw)} bytes, limit {MAX_METADATA}", field="metadata")
+    return raw
+
+
+def _footer(meta_raw: bytes, data_len: int) -> bytes:
+    return FOOTER.pack(MAGIC, FORMAT_VERSION, 0, len(meta_raw), data_len,
+                       hashlib.sha256(meta_raw).digest())
+
+
+def _read_trailer(fd: int, path: str) -> tuple[dict, int]:
+    """(metadata, data length) from an open object file, or CorruptFile."""
+    size = os.fstat(fd).st_size
+    if size < FOOTER.size:
+        raise CorruptFile("shorter than the footer", path=path)
+    # One pread usually covers footer and metadata; a second only for big metadata.
+    tail_len = min(size, FOOTER.size + 4096)
+    tail = os.pread(fd, tail_len, size - tail_len)
+    magic, version, _flags, meta_len, data_len, digest = FOOTER.unpack(tail[-FOOTER.size:])
+    if magic != MAGIC:
+        raise CorruptFile("bad magic: not an object file", path=path)
+    if version != FORMAT_VERSION:
+        raise CorruptFile(f"unsupported object format version {version}", path=path)
+    if data_len + meta_len + FOOTER.size != size:
+        raise CorruptFile(f"lengths in footer ({data_len}+{meta_len}) do not match "
+                          f"file size {size}: truncated?", path=path)
+    if meta_len + FOOTER.size <= tail_len:
+        raw = tail[tail_len - FOOTER.size - meta_len:tail_len - FOOTER.size]
+    else:
+        raw = os.pread(fd, meta_len, data_len)
+    if hashlib.sha256(raw).digest() != digest:
+        raise CorruptFile("metadata checksum mismatch", path=path)
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        raise CorruptFile(f"metadata is not JSON: {exc}", path=path) from None
+    if not isinstance(meta, dict) or "timestamp" not in meta:
+        raise CorruptFile("metadata lacks a timestamp", path=path)
+    return meta, data_len
+
+
+def _iter_pread(fd: int, start: int, end: int, chunk: int) -> Iterator[bytes]:
+    pos = start
+    while pos < end:
+        data = os.pread(fd, min(chunk, end - pos), pos)
+        if not data:
+            raise CorruptFile("file shrank while being read", path=f"fd {fd}")
+        pos += len(data)
+        yield data
+
+
+# --- directory state ---------------------------------------------------------
+
+def _on_disk(datadir: str) -> list[tuple[int, int, str]]:
+    """(ticks, ext rank, filename) of every object file, newest first."""
+    try:
+        names = os.listdir(datadir)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        if ext in _EXT_RANK:
+            try:
+                found.append((_ticks(stem), _EXT_RANK[ext], name))
+            except BadRequest:
+                continue      # not ours; leave it for an operator
+    return sorted(found, reverse=True)
+
+
+def _cleanup(datadir: str) -> None:
+    """Keep only the newest file: older data is superseded, not history."""
+    for _ticks_, _rank, name in _on_disk(datadir)[1:]:
+        try:
+            os.unlink(os.path.join(datadir, name))
+        except FileNotFoundError:
+            pass   # a concurrent cleanup got there first
+
+
+# --- the backend API ---------------------------------------------------------
+
+class DiskFileManager:
+    """This is the backend API: everything above (object server, auditor,
+    replicator) stores and finds objects only through these methods, so a
+    second implementation (in memory, another format) can replace it.
+
+    writer / open / head / delete        the object lifecycle
+    quarantine / audit / iter_data_files / reap_tmp   housekeeping
+
+    Pass the ring's hash_prefix/hash_suffix so directory hashes match the
+    ones the ring (and `stackbox object locate`) reports.
+    """
+
+    def __init__(self, devices_root: str, *, hash_prefix: str = "", hash_suffix: str = "",
+                 chunk_size: int = CHUNK_SIZE):
+        self.devices_root = os.path.abspath(devices_root)
+        self.hash_prefix = hash_prefix
+        self.hash_suffix = hash_suffix
+        self.chunk_size = chunk_size
+
+    # -- paths --
+    def _device_dir(self, device: str) -> str:
+        if not isinstance(device, str) or not device or "/" in device or device in (".", ".."):
+            raise BadRequest(f"invalid device name {device!r}", field="device")
+        path = os.path.join(self.devices_root, device)
+        # Never create a device directory: writing into an unmounted mount
+        # point would fill the root file system (Swift's mount_check, 507).
+        if not os.path.isdir(path):
+            raise ServiceUnavailable(f"device {device} is not available", field="device")
+        return path
+
+    def object_dir(self, device: str, partition: int, account: str, container: str,
+                   obj: str) -> str:
+        if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
+            raise BadRequest(f"invalid partition {partition!r}", field="partition")
+        if container is None or obj is None:
+            raise BadRequest("account, container and object are required", field="object")
+        digest = hash_path(account, container, obj, prefix=self.hash_prefix,
+                           suffix=self.hash_suffix).hex()
+        return os.path.join(self._device_dir(device), "objects", str(partition),
+                            digest[-3:], digest)
+
+    # -- lifecycle --
+    def writer(self, device: str, partition: int, account: str, container: str,
+               obj: str) -> "Writer":
+        datadir = self.object_dir(device, partition, account, container, obj)
+        tmpdir = os.path.join(self._device_dir(device), "tmp")
+        fsutil.makedirs_durable(tmpdir)
+        return Writer(self, datadir, object_path(account, container, obj), tmpdir)
+
+    def open(self, device: str, partition: int, account: str, container: str,
+             obj: str) -> "Reader":
+        """The newest version, or NotFound (never existed, or deleted)."""
+        datadir = self.object_dir(device, partition, account, container, obj)
+        for _attempt in range(3):
+            files = _on_disk(datadir)
+            if not files or files[0][2].endswith(".ts"):
+                raise NotFound(f"object {object_path(account, container, obj)} not found",
+                               field="object")
+            path = os.path.join(datadir, files[0][2])
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue    # a newer PUT's cleanup removed it: list again
+            try:
+                meta, size = _read_trailer(fd, path)
+            except CorruptFile:
+                os.close(fd)
+                try:
+                    self._quarantine_file(path)
+                except FileNotFoundError:
+                    pass    # replaced meanwhile; the next open sees the new file
+                raise Quarantined(f"object {object_path(account, container, obj)} was "
+                                  "corrupt and has been quarantined", field="object") from None
+            except BaseException:
+                os.close(fd)
+                raise
+            return Reader(self, fd, path, meta, size)
+        raise NotFound("object keeps changing under the reader; retry", field="object")
+
+    def head(self, device: str, partition: int, account: str, container: str,
+             obj: str) -> dict:
+        with self.open(device, partition, account, container, obj) as reader:
+            return reader.metadata
+
+    def delete(self, device: str, partition: int, account: str, container: str,
+               obj: str, timestamp: float | str) -> bool:
+        """Write a tombstone at `timestamp`; returns whether an object existed.
+
+        The tombstone is kept (not just an unlink) so that a replica still
+        holding an older PUT, or an older PUT still in flight, loses to it."""
+        ts = normalize_timestamp(timestamp)
+        datadir = self.object_dir(device, partition, account, container, obj)
+        existing = _on_disk(datadir)
+        if existing and existing[0][0] >= _ticks(ts):
+            raise OlderTimestamp(f"a newer version exists at {existing[0][2]}",
+                                 timestamp=ts, existing=existing[0][2].rsplit(".", 1)[0])
+        w = self.writer(device, partition, account, container, obj)
+        try:
+            w._install({"name": w.name, "timestamp": ts, "deleted": True}, ts, ".ts")
+        except BaseException:
+            w.abort()
+            raise
+        return bool(existing) and existing[0][2].endswith(".data")
+
+    # -- housekeeping --
+    def _quarantine_file(self, path: str) -> str:
+        """Move one file to <device>/quarantined/objects/<hash>/; only the bad
+        file moves, so a newer good version written meanwhile stays live."""
+        objects_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(path))))
+        hash_name = os.path.basename(os.path.dirname(path))
+        qdir = os.path.join(os.path.dirname(objects_dir), "quarantined", "objects", hash_name)
+        fsutil.makedirs_durable(qdir)
+        dest = os.path.join(qdir, os.path.basename(path))
+        if os.path.exists(dest):
+            dest += "." + uuid.uuid4().hex
+        os.rename(path, dest)
+        fsutil.fsync_dir(qdir)
+        return dest
+
+    def quarantine(self, device: str, partition: int, account: str, container: str,
+                   obj: str) -> str | None:
+        """Move the current file of an object aside; returns where it went."""
+        datadir = self.object_dir(device, partition, account, container, obj)
+        files = _on_disk(datadir)
+        if not files:
+            return None
+        return self._quarantine_file(os.path.join(datadir, files[0][2]))
+
+    def audit(self, path: str) -> bool:
+        """Re-check one object file: footer, metadata checksum, that its name
+        hashes to its directory, and (for .data) the data against the etag."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise NotFound(f"{path} no longer exists", field="path") from None
+        try:
+            meta, size = _read_trailer(fd, path)
+            name = meta.get("name", "")
+            account, _, rest = name.lstrip("/").partition("/")
+            container, _, obj = rest.partition("/")
+            expected = hash_path(account, container, obj, prefix=self.hash_prefix,
+                                 suffix=self.hash_suffix).hex()
+            if os.path.basename(os.path.dirname(path)) != expected:
+                return False
+            if path.endswith(".ts"):
+                return size == 0
+            md5 = hashlib.md5(usedforsecurity=False)
+            for chunk in _iter_pread(fd, 0, size, self.chunk_size):
+                md5.update(chunk)
+            return md5.hexdigest() == meta.get("etag") and size == meta.get("size")
+        except (CorruptFile, BadRequest):
+            return False
+        finally:
+            os.close(fd)
+
+    def iter_data_files(self, device: str) -> Iterator[tuple[int, str]]:
+        """(partition, path) of every .data file on a device, for the auditor."""
+        objects = os.path.join(self._device_dir(device), "objects")
+        for part in sorted(os.listdir(objects)) if os.path.isdir(objects) else []:
+            if not part.isdigit():
+                continue
+            for root, _dirs, files in os.walk(os.path.join(objects, part)):
+                for name in sorted(files):
+                    if name.endswith(".data"):
+                        yield int(part), os.path.join(root, name)
+
+    def reap_tmp(self, device: str, *, older_than: float = 86400.0) -> int:
+        """Remove temp files a crashed writer left behind; returns how many."""
+        tmpdir = os.path.join(self._device_dir(device), "tmp")
+        cutoff, removed = time.time() - older_than, 0
+        for entry in os.scandir(tmpdir) if os.path.isdir(tmpdir) else []:
+            if entry.is_file() and entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+        return removed
+
+
+class Writer:
+    """Streams one upload to <device>/tmp; nothing is visible until commit.
+    Use as a context manager: leaving the block without commit aborts."""
+
+    def __init__(self, mgr: DiskFileManager, datadir: str, name: str, tmpdir: str):
+        self._mgr, self.datadir, self.name = mgr, datadir, name
+        fd, self._tmp = tempfile.mkstemp(dir=tmpdir, suffix=".tmp")
+        self._file = os.fdopen(fd, "wb")
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._size = 0
+        self._done = False
+
+    def write(self, chunk: bytes) -> int:
+        if self._done:
+            raise BadRequest("writer is already closed", field="body")
+        self._file.write(chunk)
+        self._md5.update(chunk)
+        self._size += len(chunk)
+        return len(chunk)
+
+    def commit(self, metadata: dict, *, timestamp: float | str | None = None) -> dict:
+        """Make the upload the object's current version; returns the stored
+        metadata. A supplied etag or size must match what was written (a
+        client's Content-MD5 / Content-Length). Raises OlderTimestamp, after
+        discarding the upload, when a newer or equal version exists."""
+        try:
+            if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+                raise BadRequest("metadata must be a dict with string keys", field="metadata")
+            etag = self._md5.hexdigest()
+            claimed = metadata.get("etag")
+            if claimed is not None and str(claimed).strip('"').lower() != etag:
+                raise BadRequest(f"etag {claimed} does not match the data ({etag})", field="etag")
+            if metadata.get("size") is not None and metadata["size"] != self._size:
+                raise BadRequest(f"size {metadata['size']} does not match the data "
+                                 f"({self._size} bytes)", field="size")
+            ts = normalize_timestamp(timestamp if timestamp is not None
+                                     else metadata.get("timestamp", time.time()))
+            meta = dict(metadata, name=self.name, etag=etag, size=self._size, timestamp=ts)
+            self._install(meta, ts, ".data")
+            return meta
+        except BaseException:
+            self.abort()
+            raise
+
+    def _install(self, meta: dict, ts: str, ext: str) -> None:
+        raw = _encode_metadata(meta)
+        self._file.write(raw)
+        self._file.write(_footer(raw, self._size))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        # Checked as late as possible; a race past this check is still safe
+        # because _cleanup (and every reader) keeps only the newest file.
+        existing = _on_disk(self.datadir)
+        if existing and existing[0][0] >= _ticks(ts):
+            self.abort()
+            raise OlderTimestamp(f"a newer or equal version exists: {existing[0][2]}",
+                                 timestamp=ts, existing=existing[0][2].rsplit(".", 1)[0])
+        fsutil.makedirs_durable(self.datadir)
+        os.rename(self._tmp, os.path.join(self.datadir, ts + ext))
+        self._done = True
+        fsutil.fsync_dir(self.datadir)
+        _cleanup(self.datadir)
+
+    def abort(self) -> None:
+        """Discard the upload: a failed PUT leaves nothing behind."""
+        if self._done:
+            return
+        self._done = True
+        self._file.close()
+        try:
+            os.unlink(self._tmp)
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.abort()
+
+
+class Reader:
+    """An open object. The fd is held, so a concurrent PUT (which renames a new
+    file into place) or delete does not disturb a read in progress."""
+
+    def __init__(self, mgr: DiskFileManager, fd: int, path: str, metadata: dict, size: int):
+        self._mgr, self._fd, self.path = mgr, fd, path
+        self.metadata = metadata
+        self.size = size
+        self.etag: str = metadata.get("etag", "")
+        self.timestamp: str = metadata["timestamp"]
+
+    def read_range(self, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes [start, end) in chunks of at most 64 KiB (end exclusive,
+        Python-style; the HTTP layer converts inclusive Range headers).
+
+        A full read also re-hashes the data; on a mismatch the file is
+        quarantined and Quarantined is raised after the last chunk, so the
+        HTTP layer aborts the response instead of ending it cleanly."""
+        end = self.size if end is None else end
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= self.size):
+            raise BadRequest(f"range {start}-{end} is outside 0-{self.size}", field="range")
+        # Validated above, eagerly; the generator below runs only when iterated.
+        return self._chunks(start, end)
+
+    def _chunks(self, start: int, end: int) -> Iterator[bytes]:
+        md5 = hashlib.md5(usedforsecurity=False) if (start, end) == (0, self.size) else None
+        for chunk in _iter_pread(self._fd, start, end, self._mgr.chunk_size):
+            if md5:
+                md5.update(chunk)
+            yield chunk
+        if md5 and md5.hexdigest() != self.etag:
+            self._quarantine()
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.read_range()
+
+    def verify(self) -> bool:
+        """Re-hash the whole object against its etag (bounded memory)."""
+        md5 = hashlib.md5(usedforsecurity=False)
+        for chunk in _iter_pread(self._fd, 0, self.size, self._mgr.chunk_size):
+            md5.update(chunk)
+        return md5.hexdigest() == self.etag
+
+    def _quarantine(self) -> None:
+        try:
+            self._mgr._quarantine_file(self.path)
+        except FileNotFoundError:
+            pass    # already replaced or quarantined
+        raise Quarantined(f"{self.metadata.get('name')} failed its etag check and has "
+                          "been quarantined", field="object")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> "Reader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
