@@ -270,6 +270,16 @@ def cmd_keys_rotate(args) -> int:
     return 0
 
 
+def cmd_image_build(args) -> int:
+    settings = _settings(args)
+    from stackbox.guest.tiny import build_tiny
+    image = build_tiny(settings.data_dir / "cache" / "images")
+    print(f"tiny {image.version}\n  kernel    {image.kernel}  sha256 {image.kernel_sha256}\n"
+          f"  initramfs {image.initramfs}  sha256 {image.initramfs_sha256}\n"
+          f"  cmdline   {image.cmdline}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="stackbox", description=__doc__)
     p.add_argument("--version", action="version", version=f"stackbox {__version__}")
@@ -301,6 +311,13 @@ def parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_sub.add_parser("rotate", parents=[common],
                         help="add a new primary signing key").set_defaults(fn=cmd_keys_rotate)
+    image = sub.add_parser("image", help="guest images built from Debian packages")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    build = image_sub.add_parser("build", parents=[common],
+                                 help="build (or reuse the cached) guest image")
+    build.add_argument("name", choices=["tiny"], help="tiny: busybox + dropbear CirrOS-like "
+                       "guest (kernel + initramfs)")
+    build.set_defaults(fn=cmd_image_build)
     return p
 
 
