@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from stackbox import __version__
+from stackbox.common.errors import StackboxError
 from stackbox.common.config import DEFAULT_CONFIG, ConfigError, Settings, check_host, load_settings
 
 
@@ -311,6 +312,9 @@ def parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     keys_sub.add_parser("rotate", parents=[common],
                         help="add a new primary signing key").set_defaults(fn=cmd_keys_rotate)
+    from stackbox.cli import ring as ring_cli
+    ring_cli.add_parsers(sub, common, lambda fn: (
+        lambda args: fn(args, _settings(args).data_dir)))
     image = sub.add_parser("image", help="guest images built from Debian packages")
     image_sub = image.add_subparsers(dest="image_command", required=True)
     build = image_sub.add_parser("build", parents=[common],
@@ -333,5 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"stackbox: {e}", file=sys.stderr)
         return 1
+    except StackboxError as e:
+        where = f" ({e.field})" if e.field else ""
+        print(f"stackbox: {e.message}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
