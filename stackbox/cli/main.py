@@ -166,9 +166,14 @@ def _summary(settings: Settings) -> None:
         print(f"  {name:<14} {settings.base_url(name)}")
     print(f"\nCredentials: {d / 'clouds.yaml'} (clouds: stackbox = admin, stackbox-demo = demo)")
     print(f"             {d / 'openrc-admin'}, {d / 'openrc-demo'}")
+    import shutil
+    client = "openstack"
+    beside = Path(sys.executable).parent / "openstack"
+    if shutil.which("openstack") is None and beside.exists():
+        client = str(beside)  # the virtualenv's client, when it is not on PATH
     print("Try:\n"
           f"  export OS_CLIENT_CONFIG_FILE={d / 'clouds.yaml'}\n"
-          "  openstack --os-cloud stackbox project list\n", flush=True)
+          f"  {client} --os-cloud stackbox project list\n", flush=True)
 
 
 def cmd_serve(args) -> int:
