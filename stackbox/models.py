@@ -4,5 +4,6 @@ models module, never another service's."""
 from stackbox.common.db import Base
 from stackbox.common import registry  # noqa: F401  (agents/service heartbeats)
 from stackbox.identity import models as _identity  # noqa: F401
+from stackbox.image import models as _image  # noqa: F401
 
 metadata = Base.metadata

@@ -21,6 +21,9 @@ from stackbox.common.db import Database, utcnow
 from stackbox.common.http.app import PortDispatcher
 from stackbox.identity.api import build_app as build_identity_app
 from stackbox.identity.service import IdentityService
+from stackbox.image.api import build_app as build_image_app
+from stackbox.image.drivers.local import LocalStore
+from stackbox.image.service import ImageService
 
 log = logging.getLogger("stackbox.server")
 
@@ -52,6 +55,7 @@ class Cloud:
         self.settings = settings
         self.db = Database(settings.database_url)
         self.identity = IdentityService(self.db, settings)
+        self.image = ImageService(self.db, settings, LocalStore(settings.data_dir / "images"))
         self.started_at = utcnow()
 
     def prepare(self) -> None:
@@ -61,7 +65,8 @@ class Cloud:
     def apps(self) -> dict[int, object]:
         auth_url = lambda: self.settings.base_url("identity") + "/v3"  # noqa: E731
         return {self.settings.identity.port: build_identity_app(self.identity,
-                                                                auth_url=auth_url)}
+                                                                auth_url=auth_url),
+                self.settings.image.port: build_image_app(self.image, validator=self.identity)}
 
     async def housekeeping(self, stop: asyncio.Event) -> None:
         """Heartbeat for `stackbox status`, and signing-key rotation."""

@@ -45,9 +45,11 @@ class Cloud:
         self.data_dir = root / "data"
         self.config = root / "stackbox.toml"
         self.port = free_port()
+        self.image_port = free_port()
         lines = ["[identity]", f"port = {self.port}",
                  # keep tests fast: the KDF cost is a benchmark concern, not a test one
-                 "password_hash_cost = 10"]
+                 "password_hash_cost = 10",
+                 "[image]", f"port = {self.image_port}"]
         if db_url:
             lines += ["[database]", f'url = "{db_url}"']
         self.config.write_text("\n".join(lines) + "\n")

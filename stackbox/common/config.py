@@ -89,6 +89,17 @@ class IdentitySettings(_Section):
         "Revocations take effect immediately on this host regardless.")
 
 
+class ImageSettings(_Section):
+    port: int = Field(9292, ge=1, le=65535, description="Port of the image API (Glance v2).")
+    max_project_bytes: int = Field(
+        100 * 1024 ** 3, ge=0, description="Image data a project may store, in bytes, "
+        "summed over its images (`image_size_total` in Glance). An upload that would "
+        "exceed it is refused with 413.")
+    inspect_timeout: float = Field(
+        60, gt=0, le=3600, description="Seconds `qemu-img info` may take to inspect an "
+        "uploaded image before the upload is refused.")
+
+
 class NetworkSettings(_Section):
     public_interface: str = Field(
         "", description="Host interface that carries external (floating IP) traffic. "
@@ -118,12 +129,13 @@ class Settings(_Section):
     api: ApiSettings = ApiSettings()
     database: DatabaseSettings = DatabaseSettings()
     identity: IdentitySettings = IdentitySettings()
+    image: ImageSettings = ImageSettings()
     network: NetworkSettings = NetworkSettings()
     log: LogSettings = LogSettings()
 
     def service_ports(self) -> dict[str, int]:
         """Service name -> port, for every API this build serves."""
-        return {"identity": self.identity.port}
+        return {"identity": self.identity.port, "image": self.image.port}
 
     @property
     def database_url(self) -> str:

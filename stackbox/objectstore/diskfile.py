@@ -40,7 +40,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Iterator
 
 from stackbox.common.errors import BadRequest, NotFound, ServiceUnavailable
-from stackbox.objectstore import fsutil
+from stackbox.common import fsutil
 from stackbox.objectstore.errors import CorruptFile, OlderTimestamp, Quarantined
 from stackbox.objectstore.hashing import hash_path, object_path
 

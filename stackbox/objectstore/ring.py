@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 from stackbox.common.errors import BadRequest, Conflict, InvalidState, NotFound
-from stackbox.objectstore import fsutil
+from stackbox.common import fsutil
 from stackbox.objectstore.errors import CorruptFile
 from stackbox.objectstore.hashing import hash_path
 

@@ -9,18 +9,6 @@ import pytest
 from openstack import exceptions
 
 
-@pytest.fixture
-def admin(cloud):
-    conn = cloud.sdk("stackbox")
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def demo(cloud):
-    conn = cloud.sdk("stackbox-demo")
-    yield conn
-    conn.close()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ OpenStack service renders the body its clients expect."""
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 from typing import Callable
@@ -27,8 +28,9 @@ STATUS: dict[type[Exception], int] = {
 }
 
 TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-          405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict", 413: "Request Entity Too Large",
-          415: "Unsupported Media Type", 500: "Internal Server Error",
+          405: "Method Not Allowed", 406: "Not Acceptable", 409: "Conflict",
+          413: "Request Entity Too Large", 415: "Unsupported Media Type",
+          416: "Requested Range Not Satisfiable", 500: "Internal Server Error",
           503: "Service Unavailable"}
 
 
@@ -58,20 +60,32 @@ def _default_message(status: int) -> str:
 class Dialect:
     """Renders an error the way one OpenStack service does."""
 
+    # a dialect's own exceptions to the STATUS table (Glance: quota -> 413)
+    STATUS_OVERRIDES: dict[type[Exception], int] = {}
+
     def body(self, status: int, message: str, exc: Exception) -> dict:
         raise NotImplementedError
 
     def extra_headers(self, status: int) -> dict[str, str]:
         return {}
 
-    def render(self, exc: Exception) -> Response:
-        status = status_for(exc)
-        message = message_for(exc, status)
+    def status(self, exc: Exception) -> int:
+        for cls in type(exc).__mro__:
+            if cls in self.STATUS_OVERRIDES:
+                return self.STATUS_OVERRIDES[cls]
+        return status_for(exc)
+
+    def headers_for(self, exc: Exception, status: int) -> dict[str, str]:
         headers = self.extra_headers(status)
         if isinstance(exc, HTTPException) and exc.headers:
             headers.update(exc.headers)
+        return headers
+
+    def render(self, exc: Exception, *, accept: str = "") -> Response:
+        status = self.status(exc)
+        message = message_for(exc, status)
         return Response(json.dumps(self.body(status, message, exc)), status_code=status,
-                        media_type="application/json", headers=headers)
+                        media_type="application/json", headers=self.headers_for(exc, status))
 
 
 class KeystoneDialect(Dialect):
@@ -101,12 +115,43 @@ class NovaDialect(Dialect):
         return {self.NAMES.get(status, "computeFault"): {"code": status, "message": message}}
 
 
+class GlanceDialect(Dialect):
+    """Glance answers through webob: HTML unless the client prefers JSON
+    (`{"message", "code": "404 Not Found", "title"}`) or plain text
+    ("404 Not Found\n\nmessage"). openstacksdk reads the message out of the
+    HTML or JSON; a storage quota is 413 Request Entity Too Large."""
+
+    STATUS_OVERRIDES = {errors.QuotaExceeded: 413}
+
+    def body(self, status, message, exc):
+        return {"message": message, "code": f"{status} {TITLES.get(status, 'Error')}",
+                "title": TITLES.get(status, "Error")}
+
+    def render(self, exc: Exception, *, accept: str = "") -> Response:
+        status = self.status(exc)
+        message = message_for(exc, status)
+        headers = self.headers_for(exc, status)
+        line = f"{status} {TITLES.get(status, 'Error')}"
+        accept = accept.lower()
+        if "application/json" in accept and "text/html" not in accept:
+            return Response(json.dumps(self.body(status, message, exc)), status_code=status,
+                            media_type="application/json", headers=headers)
+        if "text/plain" in accept and "text/html" not in accept:
+            return Response(f"{line}\n\n{message}\n\n   ", status_code=status,
+                            media_type="text/plain", headers=headers)
+        text = html.escape(message)
+        page = (f"<html>\n <head>\n  <title>{line}</title>\n </head>\n <body>\n"
+                f"  <h1>{line}</h1>\n  {text}<br /><br />\n\n\n\n </body>\n</html>")
+        return Response(page, status_code=status, media_type="text/html",
+                        headers=headers)
+
+
 def install_handlers(app, dialect: Dialect) -> None:
     async def handle(request: Request, exc: Exception) -> Response:
-        if status_for(exc) >= 500:
+        if dialect.status(exc) >= 500:
             log.exception("unhandled error on %s %s", request.method, request.url.path,
                           exc_info=exc)
-        return dialect.render(exc)
+        return dialect.render(exc, accept=request.headers.get("accept", ""))
 
     app.add_exception_handler(errors.StackboxError, handle)
     app.add_exception_handler(HTTPException, handle)

@@ -1,4 +1,4 @@
-"""Durable file-system steps shared by the ring and the disk files.
+"""Durable file-system steps (ring, disk files, image store).
 
 A rename is only durable once the directory holding the new name is fsynced,
 and a freshly made directory only once its parent is; skipping either can
