@@ -78,6 +78,12 @@ class Cloud:
         env.update(extra)
         return env
 
+    def user_env(self, user: str, password: str, project: str) -> dict:
+        """Environment for the CLI logging in as `user` scoped to `project`."""
+        return self.env(OS_AUTH_URL=self.auth_url, OS_USERNAME=user, OS_PASSWORD=password,
+                        OS_PROJECT_NAME=project, OS_USER_DOMAIN_NAME="Default",
+                        OS_PROJECT_DOMAIN_NAME="Default", OS_IDENTITY_API_VERSION="3")
+
     def openstack(self, *args, cloud: str | None = "stackbox", check=True, env=None,
                   as_json=True):
         argv = [OPENSTACK]

@@ -110,11 +110,10 @@ def migrate(url: str) -> list[str]:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            current = set(MigrationContext.configure(conn).get_current_heads())
-        pending = [rev.revision for rev in script.walk_revisions()
-                   if rev.revision not in current]
-        if current:
-            pending = [r.revision for r in script.iterate_revisions("heads", tuple(current))]
+            current = MigrationContext.configure(conn).get_current_heads()
+        # newest first, down to (not including) what the database already has
+        pending = [rev.revision for rev in
+                   script.iterate_revisions("heads", current or "base")]
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

@@ -20,6 +20,7 @@ from stackbox.common.db import Database, utcnow
 from stackbox.common.errors import BadRequest, Unauthorized
 from stackbox.common.http.context import RequestContext
 from stackbox.identity import passwords
+from stackbox.identity.roles import expand_implied
 from stackbox.identity.models import (ApplicationCredential, Domain, Project, Revocation,
                                       Role, User)
 from stackbox.identity.tokens import TokenCodec, TokenPayload, new_audit_id
@@ -75,12 +76,16 @@ def _domain_enabled(s, domain_id: str) -> bool:
 
 
 class RevocationList:
-    """In-memory copy of the revocation table."""
+    """In-memory copy of the revocation table, indexed so a validation is a
+    few dict lookups however many events there are: for each audit id, user
+    and project, the latest `issued_before`."""
+
+    KINDS = ("audit", "user", "project")
 
     def __init__(self, db: Database, *, refresh: float = 1.0):
         self.db = db
         self.refresh = refresh
-        self._events: list[tuple[str | None, str | None, str | None, float]] = []
+        self._index: dict[str, dict[str, float]] = {k: {} for k in self.KINDS}
         self._loaded = 0.0
         self._lock = threading.Lock()
 
@@ -92,28 +97,30 @@ class RevocationList:
         with self.db.read() as s:
             rows = s.execute(select(Revocation.audit_id, Revocation.user_id,
                                     Revocation.project_id, Revocation.issued_before)).all()
+        index: dict[str, dict[str, float]] = {k: {} for k in self.KINDS}
+        for audit_id, user_id, project_id, before in rows:
+            self._note(index, audit_id, user_id, project_id, before.timestamp())
         with self._lock:
-            self._events = [(a, u, p, ib.timestamp()) for a, u, p, ib in rows]
+            self._index = index
             self._loaded = time.monotonic()
+
+    @staticmethod
+    def _note(index, audit_id, user_id, project_id, before: float) -> None:
+        for kind, key in (("audit", audit_id), ("user", user_id), ("project", project_id)):
+            if key is not None and before > index[kind].get(key, float("-inf")):
+                index[kind][key] = before
 
     def add_local(self, rev: Revocation) -> None:
         with self._lock:
-            self._events.append((rev.audit_id, rev.user_id, rev.project_id,
-                                 rev.issued_before.timestamp()))
+            self._note(self._index, rev.audit_id, rev.user_id, rev.project_id,
+                       rev.issued_before.timestamp())
 
     def revoked(self, payload: TokenPayload) -> bool:
         issued = payload["i"] / 1e6
-        audits = set(payload["a"])
-        for audit_id, user_id, project_id, before in self._events:
-            if issued > before:
-                continue
-            if audit_id is not None and audit_id in audits:
-                return True
-            if user_id is not None and user_id == payload["u"]:
-                return True
-            if project_id is not None and project_id == payload.get("p"):
-                return True
-        return False
+        index = self._index
+        latest = [index["audit"].get(a) for a in payload["a"]]
+        latest += [index["user"].get(payload["u"]), index["project"].get(payload.get("p"))]
+        return any(before is not None and issued <= before for before in latest)
 
 
 class Authenticator:
@@ -228,8 +235,9 @@ class Authenticator:
             raise Unauthorized(AUTH_FAILED)
         if cred.expires_at is not None and cred.expires_at <= utcnow():
             raise Unauthorized(AUTH_FAILED)
-        if scope not in (None, {}) and (scope or {}).get("project", {}).get("id") not in (
-                None, project.id):
+        # An application credential is bound to its project: another scope is refused.
+        wanted = _object(_object(scope, "scope").get("project"), "scope.project").get("id")
+        if wanted not in (None, project.id):
             raise Unauthorized(AUTH_FAILED)
         expires = time.time() + self.token_lifetime
         if cred.expires_at is not None:
@@ -350,18 +358,13 @@ class Authenticator:
                 roles = self.roles_for(s, user.id, project.id if project else None,
                                        domain.id if domain else None)
                 if app_cred is not None:
-                    allowed = set(app_cred.roles)
-                    roles = [r for r in roles if r.id in allowed or
-                             r.id in self._implied_by(s, allowed)]
+                    allowed = expand_implied(s, app_cred.roles)
+                    roles = [r for r in roles if r.id in allowed]
                 if not roles:
                     raise Unauthorized(AUTH_FAILED)
             project_domain = s.get(Domain, project.domain_id) if project else None
         return TokenInfo(token, payload, user, user_domain, project, project_domain, domain,
                          roles, app_cred)
-
-    def _implied_by(self, s, role_ids: set[str]) -> set[str]:
-        from stackbox.identity.service import expand_implied
-        return expand_implied(s, role_ids)
 
     def revoke(self, info: TokenInfo) -> None:
         self.add_revocation(audit_id=info.payload["a"][0])

@@ -8,16 +8,8 @@ own projects. A rule is a function of the caller and the target.
 
 from __future__ import annotations
 
-from typing import Callable
-
-from stackbox.common.errors import Forbidden
 from stackbox.common.http.context import RequestContext
-
-Rule = Callable[[RequestContext, dict], bool]
-
-
-def admin(ctx: RequestContext, target: dict) -> bool:
-    return ctx.is_admin
+from stackbox.common.policy import Policy, Rule, admin
 
 
 def self_or_admin(ctx: RequestContext, target: dict) -> bool:
@@ -82,8 +74,4 @@ RULES: dict[str, Rule] = {
 }
 
 
-def enforce(ctx: RequestContext, action: str, target: dict | None = None) -> None:
-    rule = RULES[action]
-    if not rule(ctx, target or {}):
-        raise Forbidden(f"You are not authorized to perform the requested action: "
-                        f"identity:{action}.")
+enforce = Policy(RULES, prefix="identity:").enforce

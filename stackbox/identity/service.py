@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -20,39 +20,11 @@ from stackbox.identity.models import (ApplicationCredential, Assignment, Domain,
                                       Endpoint, Group, GroupMembership, ImpliedRole, Project,
                                       Region, Role, Service, User)
 from stackbox.identity.policy import enforce
+from stackbox.identity.roles import (effective_roles, expand, expand_implied,
+                                     implication_rules)
 from stackbox.identity.tokens import KeyRing, TokenCodec
 
 DEFAULT_DOMAIN = "default"
-
-
-def expand_implied(s, role_ids: Iterable[str]) -> set[str]:
-    """role ids plus every role they imply, transitively."""
-    rules: dict[str, set[str]] = {}
-    for prior, implied in s.execute(select(ImpliedRole.prior_role_id,
-                                           ImpliedRole.implied_role_id)):
-        rules.setdefault(prior, set()).add(implied)
-    seen, todo = set(), list(role_ids)
-    while todo:
-        rid = todo.pop()
-        if rid not in seen:
-            seen.add(rid)
-            todo.extend(rules.get(rid, ()))
-    return seen
-
-
-def effective_roles(s, user_id: str, project_id: str | None, domain_id: str | None) -> list[Role]:
-    target_type, target_id = ("project", project_id) if project_id else ("domain", domain_id)
-    group_ids = list(s.scalars(select(GroupMembership.group_id).where(
-        GroupMembership.user_id == user_id)))
-    actors = or_(
-        (Assignment.actor_type == "user") & (Assignment.actor_id == user_id),
-        (Assignment.actor_type == "group") & (Assignment.actor_id.in_(group_ids)))
-    direct = set(s.scalars(select(Assignment.role_id).where(
-        actors, Assignment.target_type == target_type, Assignment.target_id == target_id)))
-    if not direct:
-        return []
-    ids = expand_implied(s, direct)
-    return list(s.scalars(select(Role).where(Role.id.in_(ids)).order_by(Role.name)))
 
 
 def _select(model, order_by, **filters):
@@ -635,16 +607,13 @@ class IdentityService:
         members: dict[str, list[str]] = {}
         for gid, uid in s.execute(select(GroupMembership.group_id, GroupMembership.user_id)):
             members.setdefault(gid, []).append(uid)
-        rules: dict[str, set[str]] = {}
-        for prior, implied in s.execute(select(ImpliedRole.prior_role_id,
-                                               ImpliedRole.implied_role_id)):
-            rules.setdefault(prior, set()).add(implied)
+        rules = implication_rules(s)
         out, seen = [], set()
         for r in rows:
             actors = ([(r["actor_id"], None)] if r["actor_type"] == "user"
                       else [(uid, r["actor_id"]) for uid in members.get(r["actor_id"], [])])
             for uid, via in actors:
-                for rid in expand_implied(s, {r["role_id"]}) if rules else {r["role_id"]}:
+                for rid in expand(rules, {r["role_id"]}):
                     key = (uid, r["target_type"], r["target_id"], rid, via)
                     if key not in seen:
                         seen.add(key)

@@ -10,16 +10,8 @@ by the service's queries; these rules come after it.
 
 from __future__ import annotations
 
-from typing import Callable
-
-from stackbox.common.errors import Forbidden
 from stackbox.common.http.context import RequestContext
-
-Rule = Callable[[RequestContext, dict], bool]
-
-
-def admin(ctx: RequestContext, target: dict) -> bool:
-    return ctx.is_admin
+from stackbox.common.policy import Policy, Rule, admin
 
 
 def project_member(ctx: RequestContext, target: dict) -> bool:
@@ -59,6 +51,4 @@ RULES: dict[str, Rule] = {
 }
 
 
-def enforce(ctx: RequestContext, action: str, target: dict | None = None) -> None:
-    if not RULES[action](ctx, target or {}):
-        raise Forbidden(f"You are not authorized to perform the requested action: {action}.")
+enforce = Policy(RULES, prefix="").enforce

@@ -63,9 +63,7 @@ def test_user_crud_and_password_change(cloud, unique):
     assert u["name"] == name and u["email"] == "u@example.com"
     cloud.openstack("role", "add", "--user", name, "--project", project, "member",
                     as_json=False)
-    env = cloud.env(OS_AUTH_URL=cloud.auth_url, OS_USERNAME=name, OS_PASSWORD="pw-one-1",
-                    OS_PROJECT_NAME=project, OS_USER_DOMAIN_NAME="Default",
-                    OS_PROJECT_DOMAIN_NAME="Default", OS_IDENTITY_API_VERSION="3")
+    env = cloud.user_env(name, "pw-one-1", project)
     assert cloud.openstack("token", "issue", cloud=None, env=env)["user_id"] == u["id"]
     cloud.openstack("user", "password", "set", "--password", "pw-two-2",
                     "--original-password", "pw-one-1", cloud=None, env=env, as_json=False)
@@ -95,9 +93,7 @@ def test_roles_groups_and_assignments(cloud, unique):
                                 "--names")
     assert [(a["Role"], a["Project"]) for a in effective] == [(role, f"{project}@Default")]
     # The user can now scope to the project through the group.
-    env = cloud.env(OS_AUTH_URL=cloud.auth_url, OS_USERNAME=user, OS_PASSWORD="pw",
-                    OS_PROJECT_NAME=project, OS_USER_DOMAIN_NAME="Default",
-                    OS_PROJECT_DOMAIN_NAME="Default", OS_IDENTITY_API_VERSION="3")
+    env = cloud.user_env(user, "pw", project)
     assert cloud.openstack("token", "issue", cloud=None, env=env)["project_id"]
     cloud.openstack("role", "remove", "--group", group, "--project", project, role,
                     as_json=False)
@@ -162,9 +158,7 @@ def test_reader_cannot_write(cloud, unique):
     cloud.openstack("user", "create", "--password", "pw-reader", user)
     cloud.openstack("role", "add", "--user", user, "--project", "demo", "reader",
                     as_json=False)
-    env = cloud.env(OS_AUTH_URL=cloud.auth_url, OS_USERNAME=user, OS_PASSWORD="pw-reader",
-                    OS_PROJECT_NAME="demo", OS_USER_DOMAIN_NAME="Default",
-                    OS_PROJECT_DOMAIN_NAME="Default", OS_IDENTITY_API_VERSION="3")
+    env = cloud.user_env(user, "pw-reader", "demo")
     tok = cloud.openstack("token", "issue", cloud=None, env=env)
     assert tok["project_id"]
     for args in (("project", "create", unique("p")), ("role", "create", unique("r")),

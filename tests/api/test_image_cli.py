@@ -185,9 +185,7 @@ def test_reader_cannot_create(cloud, unique, tmp_path):
     cloud.openstack("user", "create", "--password", "pw-reader", user)
     cloud.openstack("role", "add", "--user", user, "--project", "demo", "reader",
                     as_json=False)
-    env = cloud.env(OS_AUTH_URL=cloud.auth_url, OS_USERNAME=user, OS_PASSWORD="pw-reader",
-                    OS_PROJECT_NAME="demo", OS_USER_DOMAIN_NAME="Default",
-                    OS_PROJECT_DOMAIN_NAME="Default", OS_IDENTITY_API_VERSION="3")
+    env = cloud.user_env(user, "pw-reader", "demo")
     try:
         res = create(cloud, "--disk-format", "raw", "--container-format", "bare",
                      unique("r"), cloud_name=None, env=env, check=False)
