@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stackbox.common.config import SERVED
+
 VENV_BIN = Path(sys.executable).parent
 STACKBOX = str(VENV_BIN / "stackbox")
 OPENSTACK = str(VENV_BIN / "openstack")
@@ -44,12 +46,15 @@ class Cloud:
         self.backend = backend
         self.data_dir = root / "data"
         self.config = root / "stackbox.toml"
-        self.port = free_port()
-        self.image_port = free_port()
-        lines = ["[identity]", f"port = {self.port}",
-                 # keep tests fast: the KDF cost is a benchmark concern, not a test one
-                 "password_hash_cost = 10",
-                 "[image]", f"port = {self.image_port}"]
+        self.ports = {name: free_port() for name in SERVED}
+        self.port = self.ports["identity"]
+        self.image_port = self.ports["image"]
+        lines = []
+        for name, port in self.ports.items():
+            lines += [f"[{name}]", f"port = {port}"]
+            if name == "identity":
+                # keep tests fast: the KDF cost is a benchmark concern, not a test one
+                lines.append("password_hash_cost = 10")
         if db_url:
             lines += ["[database]", f'url = "{db_url}"']
         self.config.write_text("\n".join(lines) + "\n")

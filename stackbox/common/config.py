@@ -100,7 +100,17 @@ class ImageSettings(_Section):
         "uploaded image before the upload is refused.")
 
 
+class ComputeSettings(_Section):
+    port: int = Field(8774, ge=1, le=65535, description="Port of the compute API (Nova v2.1).")
+
+
+class ObjectStoreSettings(_Section):
+    port: int = Field(8080, ge=1, le=65535,
+                      description="Port of the object-store API (Swift v1 and S3).")
+
+
 class NetworkSettings(_Section):
+    port: int = Field(9696, ge=1, le=65535, description="Port of the network API (Neutron v2.0).")
     public_interface: str = Field(
         "", description="Host interface that carries external (floating IP) traffic. "
         "Empty: external networks are not forwarded to the uplink.")
@@ -123,6 +133,10 @@ class LogSettings(_Section):
     backups: int = Field(5, ge=1, le=100, description="Rotated log files kept.")
 
 
+# The APIs this build serves, in start order; the catalog lists exactly these.
+SERVED = ("identity", "image")
+
+
 class Settings(_Section):
     data_dir: Path = Field(DEFAULT_DATA_DIR, description="Directory for all state: "
                            "database, keys, credentials, logs, images.")
@@ -130,12 +144,14 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     identity: IdentitySettings = IdentitySettings()
     image: ImageSettings = ImageSettings()
+    compute: ComputeSettings = ComputeSettings()
     network: NetworkSettings = NetworkSettings()
+    object_store: ObjectStoreSettings = ObjectStoreSettings()
     log: LogSettings = LogSettings()
 
     def service_ports(self) -> dict[str, int]:
         """Service name -> port, for every API this build serves."""
-        return {"identity": self.identity.port, "image": self.image.port}
+        return {name: getattr(self, name).port for name in SERVED}
 
     @property
     def database_url(self) -> str:

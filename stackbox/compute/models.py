@@ -1,0 +1,3 @@
+"""compute tables."""
+
+from stackbox.common.db import Base  # noqa: F401

@@ -1,0 +1,3 @@
+"""network tables."""
+
+from stackbox.common.db import Base  # noqa: F401

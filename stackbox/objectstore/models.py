@@ -1,0 +1,3 @@
+"""objectstore tables."""
+
+from stackbox.common.db import Base  # noqa: F401
