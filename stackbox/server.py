@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import urllib.parse
 from pathlib import Path
 
 import uvicorn
@@ -19,11 +20,14 @@ from stackbox.common import registry
 from stackbox.common.config import Settings
 from stackbox.common.db import Database, utcnow
 from stackbox.common.http.app import PortDispatcher
+from stackbox.compute.api import ComputeApi
+from stackbox.compute.api import build_app as build_compute_app
 from stackbox.identity.api import build_app as build_identity_app
 from stackbox.identity.service import IdentityService
 from stackbox.image.api import build_app as build_image_app
 from stackbox.image.drivers.local import LocalStore
 from stackbox.image.service import ImageService
+from stackbox.compute.service import ComputeService
 
 log = logging.getLogger("stackbox.server")
 
@@ -56,17 +60,32 @@ class Cloud:
         self.db = Database(settings.database_url)
         self.identity = IdentityService(self.db, settings)
         self.image = ImageService(self.db, settings, LocalStore(settings.data_dir / "images"))
+        self.compute = ComputeService(self.db, settings, image=self.image)
+        self.compute_agent = None
         self.started_at = utcnow()
 
     def prepare(self) -> None:
         self.identity.keys.ensure_key()
         self.identity.auth.revocations.load()
+        self.compute_agent = compute_agent(self.settings, self.db, self.compute, self.image)
+        self.compute.wake = self.compute_agent.wake
 
     def apps(self) -> dict[int, object]:
         auth_url = lambda: self.settings.base_url("identity") + "/v3"  # noqa: E731
+        compute = ComputeApi(self.compute, base_url=lambda: self.settings.base_url("compute"),
+                             console_url=self.console_url, driver=self.compute_agent.driver)
         return {self.settings.identity.port: build_identity_app(self.identity,
                                                                 auth_url=auth_url),
-                self.settings.image.port: build_image_app(self.image, validator=self.identity)}
+                self.settings.image.port: build_image_app(self.image, validator=self.identity),
+                self.settings.compute.port: build_compute_app(compute, validator=self.identity)}
+
+    def console_url(self, protocol: str, token: str) -> str:
+        port = getattr(self.settings.compute, "console_port", 6080)
+        host = self.settings.base_url("compute").rsplit(":", 1)[0]
+        quoted = urllib.parse.quote(f"?token={token}", safe="")
+        if protocol == "serial":
+            return f"{host.replace('http', 'ws', 1)}:{port}/serial?token={token}"
+        return f"{host}:{port}/vnc_lite.html?path={quoted}"
 
     async def housekeeping(self, stop: asyncio.Event) -> None:
         """Heartbeat for `stackbox status`, and signing-key rotation."""
@@ -81,6 +100,33 @@ class Cloud:
                 await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
             except asyncio.TimeoutError:
                 pass
+
+
+def compute_agent(settings: Settings, db: Database, compute: ComputeService, image):
+    """This host's compute agent with the configured driver (built at start-up
+    so a bad setting fails now, not at the first boot)."""
+    from stackbox.compute.agent import ComputeAgent
+    from stackbox.compute.imagecache import ImageCache
+    from stackbox.compute.scheduler import local_host_id
+    instances = settings.data_dir / "instances"
+    cfg = settings.compute
+    if cfg.driver == "noop":
+        from stackbox.compute.drivers.noop import NoopDriver
+        driver, accel = NoopDriver(instances), "none"
+    else:
+        from stackbox.compute.drivers.accel import default_cache_dir, probe_accelerator
+        from stackbox.compute.drivers.qemu import QemuDriver
+        accel = cfg.accel
+        if accel == "auto":
+            result = probe_accelerator(cache_dir=default_cache_dir(settings.data_dir))
+            accel = result.accel
+            if accel != "kvm":
+                log.warning("KVM is not usable here (%s): guests run under TCG, slower",
+                            result.reason)
+        driver = QemuDriver(instances, accel=accel, console_log_bytes=cfg.console_log_bytes)
+    return ComputeAgent(db, settings, compute=compute, image=image, driver=driver,
+                        cache=ImageCache(settings.data_dir / "cache" / "base"),
+                        host_id=local_host_id(settings.data_dir), accel=accel)
 
 
 class _Server(uvicorn.Server):
@@ -125,12 +171,13 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
 
     async def main():
         stop = asyncio.Event()
-        chores = asyncio.create_task(cloud.housekeeping(stop))
+        chores = [asyncio.create_task(cloud.housekeeping(stop)),
+                  asyncio.create_task(cloud.compute_agent.run(stop))]
         try:
             await server.serve(sockets=sockets)
         finally:
             stop.set()
-            await chores
+            await asyncio.gather(*chores, return_exceptions=True)
 
     try:
         log.info("stackbox %s serving %s", __version__, settings.service_ports())

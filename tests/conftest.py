@@ -21,6 +21,7 @@ VENV_BIN = Path(sys.executable).parent
 STACKBOX = str(VENV_BIN / "stackbox")
 OPENSTACK = str(VENV_BIN / "openstack")
 PG_ADMIN_URL = os.environ.get("STACKBOX_TEST_PG_URL", "")
+GUEST_CACHE = os.environ.get("STACKBOX_TEST_CACHE", "/var/cache/stackbox-test")
 
 
 def free_port() -> int:
@@ -55,6 +56,9 @@ class Cloud:
             if name == "identity":
                 # keep tests fast: the KDF cost is a benchmark concern, not a test one
                 lines.append("password_hash_cost = 10")
+            if name == "compute":
+                # one guest build cache for every test cloud (and the e2e tests)
+                lines.append(f'guest_cache_dir = "{GUEST_CACHE}"')
         if db_url:
             lines += ["[database]", f'url = "{db_url}"']
         self.config.write_text("\n".join(lines) + "\n")

@@ -79,7 +79,7 @@ def cmd_up(args) -> int:
         print(f"stackbox is already running for {data_dir} (pid {pid}); "
               f"`stackbox down --data-dir {data_dir}` stops it.", file=sys.stderr)
         return 1
-    progress = Progress(5)
+    progress = Progress(6)
     with progress.step("checking configuration and host"):
         check_host(settings)
     from stackbox.common.db import Database, migrate
@@ -98,6 +98,8 @@ def cmd_up(args) -> int:
                 boot.write_credentials(data_dir, settings, created)
             else:
                 boot.refresh_credentials(data_dir, settings)
+        with progress.step("preparing compute: flavors and the tiny guest image") as st:
+            st.note = _prepare_compute(db, settings)
     finally:
         db.dispose()
     if args.detach:
@@ -116,6 +118,24 @@ def cmd_up(args) -> int:
                backups=settings.log.backups, to_stderr=True)
     serve(settings, sockets)
     return 0
+
+
+def _prepare_compute(db, settings: Settings) -> str:
+    from stackbox.compute import bootstrap as compute_boot
+    notes = []
+    if settings.compute.default_flavors:
+        compute_boot.ensure_flavors(db)
+        notes.append("flavors")
+    if settings.compute.tiny_image:
+        from stackbox.identity.service import IdentityService
+        from stackbox.image.drivers.local import LocalStore
+        from stackbox.image.service import ImageService
+        image = ImageService(db, settings, LocalStore(settings.data_dir / "images"))
+        cache = settings.compute.guest_cache_dir or settings.data_dir / "cache" / "guests"
+        notes.append(compute_boot.register_tiny(db, settings,
+                                                identity=IdentityService(db, settings),
+                                                image=image, cache_dir=cache))
+    return f"({'; '.join(notes)})" if notes else "(nothing to do)"
 
 
 def _start_detached(args, settings: Settings) -> str:
@@ -279,7 +299,7 @@ def cmd_keys_rotate(args) -> int:
 def cmd_image_build(args) -> int:
     settings = _settings(args)
     from stackbox.guest.tiny import build_tiny
-    image = build_tiny(settings.data_dir / "cache" / "images")
+    image = build_tiny(settings.compute.guest_cache_dir or settings.data_dir / "cache" / "guests")
     print(f"tiny {image.version}\n  kernel    {image.kernel}  sha256 {image.kernel_sha256}\n"
           f"  initramfs {image.initramfs}  sha256 {image.initramfs_sha256}\n"
           f"  cmdline   {image.cmdline}")

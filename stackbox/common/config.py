@@ -102,6 +102,38 @@ class ImageSettings(_Section):
 
 class ComputeSettings(_Section):
     port: int = Field(8774, ge=1, le=65535, description="Port of the compute API (Nova v2.1).")
+    driver: Literal["qemu", "noop"] = Field(
+        "qemu", description="How servers run: `qemu` (real virtual machines) or `noop` "
+        "(records only, nothing runs: for control-plane benchmarks).")
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        "auto", description="QEMU accelerator. `auto` probes KVM once per host (a guest "
+        "must boot and print) and falls back to TCG with one warning.")
+    availability_zone: str = Field("nova", min_length=1, max_length=255,
+                                   description="Availability zone of this compute host.")
+    cpu_allocation_ratio: float = Field(4.0, gt=0, le=64,
+                                        description="Virtual CPUs per host CPU for placement.")
+    ram_allocation_ratio: float = Field(1.0, gt=0, le=16,
+                                        description="Guest RAM per host RAM for placement.")
+    disk_allocation_ratio: float = Field(
+        1.0, gt=0, le=64, description="Guest disk per host disk for placement (root "
+        "disks are thin qcow2 overlays, so values above 1 are common).")
+    reserved_host_memory_mb: int = Field(
+        512, ge=0, description="Host RAM kept out of placement for the host itself.")
+    shutdown_timeout: float = Field(
+        30, ge=0, le=600, description="Seconds a guest gets to power off after the ACPI "
+        "power button before it is stopped hard (stop, resize, delete).")
+    console_log_bytes: int = Field(
+        1024 * 1024, ge=64 * 1024, description="Serial console log kept per server; "
+        "older output is dropped.")
+    tiny_image: bool = Field(
+        True, description="Build (cached) and register the bundled `tiny` guest at "
+        "start, so a first boot needs no image upload.")
+    guest_cache_dir: Path | None = Field(
+        None, description="Where guest image builds are cached (default "
+        "`<data_dir>/cache/guests`); several clouds on one host may share one.")
+    default_flavors: bool = Field(
+        True, description="Create Nova's classic flavors (m1.tiny ... m1.xlarge) and "
+        "the small `c1.tiny` at first start.")
 
 
 class ObjectStoreSettings(_Section):
@@ -134,7 +166,7 @@ class LogSettings(_Section):
 
 
 # The APIs this build serves, in start order; the catalog lists exactly these.
-SERVED = ("identity", "image")
+SERVED = ("identity", "image", "compute")
 
 
 class Settings(_Section):
