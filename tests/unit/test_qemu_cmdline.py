@@ -12,7 +12,7 @@ import pytest
 from stackbox.compute.drivers import qemu_record
 from stackbox.compute.drivers.base import DriverError, ImageFile, InstanceSpec, Nic
 from stackbox.compute.drivers.hostinfo import parse_version
-from stackbox.compute.drivers.qemu import qemu_error_line, trim_log
+from stackbox.compute.drivers.qemu_proc import qemu_error_line, trim_log
 from stackbox.compute.drivers.qemu_argv import InstancePaths, build_argv, disk_plan
 
 UUID = "6f1e8a52-3c1d-4b0e-9d55-0c8f5b7a2e11"
