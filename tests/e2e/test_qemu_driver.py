@@ -4,7 +4,7 @@ QemuDriver under TCG, the way the compute agent will drive it.
 One server goes through its life in order (the tests share it): spawn with
 a config drive and a tap in a test bridge, pause, snapshot, re-adoption by
 a second driver, suspend/resume, reboots, power off/on, destroy. Separate
-tests cover a bad spec and a kernel-only boot. Every host object carries
+tests cover a bad spec and a kernel-only boot whose guest powers itself off. Every host object carries
 the sbx prefix and a random suffix and is removed at teardown, pass or fail.
 """
 
@@ -320,18 +320,31 @@ def test_bad_spec_reports_qemus_line_and_leaves_no_process(env):
     assert not (env.instances / uid).exists()
 
 
-def test_kernel_only_boot_without_disks(env):
+def test_kernel_only_boot_and_guest_poweroff_is_reaped(env):
     """How the tiny image boots from Glance: kernel_id + ramdisk_id, no root
-    disk at all (a 0 GiB flavor), no NIC, no config drive."""
+    disk at all (a 0 GiB flavor), no NIC. Its user-data powers the guest
+    off: QEMU stays in the `shutdown` run state until housekeeping reaps it."""
     uid = str(uuid.uuid4())
+    files = configdrive.openstack_layout({"uuid": uid, "name": "k"},
+                                         b"#!/bin/sh\nsync\npoweroff -f\n", None, None)
+    iso = configdrive.build_config_drive(env.driver.config_drive_path(uid), files)
     spec = InstanceSpec(uuid=uid, name="k", vcpus=1, memory_mb=128, root_gb=0,
-                        kernel=env.kernel, ramdisk=env.ramdisk, kernel_cmdline=env.cmdline)
+                        kernel=env.kernel, ramdisk=env.ramdisk, kernel_cmdline=env.cmdline,
+                        config_drive=iso)
     try:
         env.driver.spawn(spec)
-        _wait_count(env, uid, f"{MARK} metadata none", 1)
+        _wait_count(env, uid, f"{MARK} metadata source=configdrive uuid={uid}", 1)
         assert not env.driver.paths(uid).root_disk.exists()
         with pytest.raises(DriverError, match="no root disk"):
             env.driver.snapshot(uid, env.root / "x.qcow2")
+        deadline = time.monotonic() + WAIT
+        while env.driver.power_state(uid) is not PowerState.SHUTDOWN:
+            assert time.monotonic() < deadline, _log(env, uid)
+            time.sleep(0.3)
+        assert len(_qemu_pids(f"-uuid\0{uid}")) == 1  # stopped, not yet reaped
+        assert env.driver.housekeeping()["reaped"] == [uid]
+        assert _qemu_pids(f"-uuid\0{uid}") == []
+        assert env.driver.power_state(uid) is PowerState.SHUTDOWN  # not CRASHED
     finally:
         env.driver.destroy(uid)
     assert _qemu_pids(f"-uuid\0{uid}") == []
