@@ -50,6 +50,7 @@ _RUNSTATES = {
     "io-error": PowerState.CRASHED,
 }
 _MIGRATION_DONE = ("completed", "failed", "cancelled")
+MAX_UNIX_PATH = 107
 
 def _check_uuid(value: str) -> str:
     try:
@@ -74,7 +75,13 @@ class QemuDriver:
             raise ValueError(f"accel must be kvm or tcg, not {accel!r}")
         if console_log_bytes < 4096:
             raise ValueError("console_log_bytes must be at least 4096")
-        self.instances_dir = Path(instances_dir)
+        self.instances_dir = Path(instances_dir).resolve()
+        # AF_UNIX paths hold 107 bytes; QEMU would only fail at the first boot.
+        longest = len(str(self.instances_dir / str(uuidlib.UUID(int=0)) / "serial.sock"))
+        if longest > MAX_UNIX_PATH:
+            raise ValueError(f"instances_dir {self.instances_dir} is too long: its socket "
+                             f"paths would have {longest} bytes, unix sockets allow "
+                             f"{MAX_UNIX_PATH}; use a shorter directory")
         self.instances_dir.mkdir(parents=True, exist_ok=True)
         self.accel = accel
         self.qemu_binary = qemu_binary
@@ -119,8 +126,10 @@ class QemuDriver:
                 mon.cmd("quit")
         except QmpError as exc:
             log.info("instance %s: %s; killing it", paths.dir.name, exc.message)
-        if not proc.wait_gone(pid, paths, self.stop_timeout):
-            log.warning("instance %s: QEMU ignored quit; SIGKILL", paths.dir.name)
+        if proc.wait_gone(pid, paths, self.stop_timeout):
+            proc.clear_runtime(paths)
+            return
+        log.warning("instance %s: QEMU ignored quit; SIGKILL", paths.dir.name)
         self._kill(pid, paths)
 
     def _status(self, paths: InstancePaths) -> str:
@@ -408,7 +417,10 @@ class QemuDriver:
                 except BaseException:
                     tmp.unlink(missing_ok=True)
                     if was_running:
-                        mon.cmd("cont")
+                        try:
+                            mon.cmd("cont")
+                        except QmpError as exc:
+                            log.warning("instance %s: %s", uuid, exc.message)
                     raise
             self._stop(pid, paths)
 

@@ -65,10 +65,21 @@ def clear_runtime(paths: InstancePaths) -> None:
 
 
 def kill(pid: int, paths: InstancePaths, timeout: float) -> None:
+    """SIGKILL the instance's QEMU. The signal goes through a pidfd opened
+    before the identity check, so a pid reused meanwhile is never hit."""
     try:
-        os.kill(pid, signal.SIGKILL)
+        pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
-        pass
+        clear_runtime(paths)
+        return
+    try:
+        if _marker(paths) in cmdline(pid):
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    finally:
+        os.close(pidfd)
     if not wait_gone(pid, paths, timeout):
         raise DriverError(f"QEMU pid {pid} survived SIGKILL for {timeout:g} s")
     clear_runtime(paths)
