@@ -166,7 +166,8 @@ def server(env, tiny_image):
     image = _cache(env.cache, "root-image", base, "qcow2")
     nics = ()
     if env.bridge:
-        nics = (Nic("port-1", "52:54:00:5b:00:01", f"sbx-t{env.suffix}", bridge=env.bridge),)
+        nics = (Nic("port-1", "52:54:00:5b:00:01", f"sbx-t{env.suffix}", bridge=env.bridge,
+                    mtu=1450),)
     return InstanceSpec(uuid=uid, name="drv", vcpus=1, memory_mb=128, root_gb=1,
                         ephemeral_gb=1, swap_mb=32, image=image, kernel=env.kernel,
                         ramdisk=env.ramdisk, kernel_cmdline=env.cmdline,
@@ -188,7 +189,11 @@ def test_spawn_boots_with_config_drive(env, server):
                           capture_output=True, text=True, timeout=30).stdout
     assert "virtual size: 1 GiB" in info and "root-image" in info  # grown overlay
     if env.bridge:
-        assert taps.master(f"sbx-t{env.suffix}") == env.bridge
+        tap = f"sbx-t{env.suffix}"
+        assert taps.master(tap) == env.bridge
+        assert Path(f"/sys/class/net/{tap}/mtu").read_text().strip() == "1450"
+        ipv6 = Path(f"/proc/sys/net/ipv6/conf/{tap}/disable_ipv6")
+        assert not ipv6.exists() or ipv6.read_text().strip() == "1"
     # Spawning again is a no-op, not a second QEMU.
     env.driver.spawn(server)
     assert len(_qemu_pids(f"-uuid\0{uid}")) == 1
