@@ -17,8 +17,6 @@ import logging
 import os
 import re
 import shutil
-import signal
-import threading
 import time
 import uuid as uuidlib
 from contextlib import contextmanager
@@ -28,6 +26,7 @@ from stackbox.common import hostops
 from stackbox.common.fsutil import fsync_dir
 from stackbox.compute.drivers import hostinfo
 from stackbox.compute.drivers import qemu_disks as disks
+from stackbox.compute.drivers import qemu_proc as proc
 from stackbox.compute.drivers import qemu_record as record
 from stackbox.compute.drivers import taps
 from stackbox.compute.drivers.base import (ConsoleEndpoint, DriverError, InstanceSpec,
@@ -51,45 +50,7 @@ _RUNSTATES = {
     "io-error": PowerState.CRASHED,
 }
 _MIGRATION_DONE = ("completed", "failed", "cancelled")
-
-_locks: dict[str, threading.RLock] = {}
-_locks_guard = threading.Lock()
-_trim_guard = threading.Lock()
-
-
-def qemu_error_line(stderr: str, binary: str = "qemu-system-x86_64") -> str:
-    """The line of QEMU's stderr that says why it failed."""
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    prefix = os.path.basename(binary) + ":"
-    errors = [ln for ln in lines if "warning:" not in ln.lower()]
-    for ln in errors:
-        if ln.startswith(prefix):
-            return ln
-    return (errors or lines or ["no error text"])[0]
-
-
-def trim_log(path: Path, limit: int) -> bool:
-    """Cut a log that grew past `limit` bytes down to its last half, in
-    place. QEMU writes it O_APPEND, so its next write lands at the new end;
-    bytes written during the copy may be lost, which is fine for a console."""
-    with _trim_guard:
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return False
-        if size <= limit:
-            return False
-        with open(path, "r+b") as f:
-            f.seek(max(0, size - limit // 2))
-            tail = f.read()
-            newline = tail.find(b"\n")
-            if 0 <= newline < len(tail) - 1:
-                tail = tail[newline + 1:]
-            f.seek(0)
-            f.write(tail)
-            f.truncate(len(tail))
-        return True
-
+MAX_UNIX_PATH = 107
 
 def _check_uuid(value: str) -> str:
     try:
@@ -114,7 +75,13 @@ class QemuDriver:
             raise ValueError(f"accel must be kvm or tcg, not {accel!r}")
         if console_log_bytes < 4096:
             raise ValueError("console_log_bytes must be at least 4096")
-        self.instances_dir = Path(instances_dir)
+        self.instances_dir = Path(instances_dir).resolve()
+        # AF_UNIX paths hold 107 bytes; QEMU would only fail at the first boot.
+        longest = len(str(self.instances_dir / str(uuidlib.UUID(int=0)) / "serial.sock"))
+        if longest > MAX_UNIX_PATH:
+            raise ValueError(f"instances_dir {self.instances_dir} is too long: its socket "
+                             f"paths would have {longest} bytes, unix sockets allow "
+                             f"{MAX_UNIX_PATH}; use a shorter directory")
         self.instances_dir.mkdir(parents=True, exist_ok=True)
         self.accel = accel
         self.qemu_binary = qemu_binary
@@ -140,54 +107,17 @@ class QemuDriver:
 
     @contextmanager
     def _locked(self, uuid: str):
-        key = f"{self.instances_dir.resolve()}/{uuid}"
-        with _locks_guard:
-            lock = _locks.setdefault(key, threading.RLock())
-        with lock:
+        with proc.instance_lock(self.instances_dir, uuid):
             yield
 
     def _monitor(self, paths: InstancePaths) -> Monitor:
         return Monitor(paths.qmp, timeout=self.qmp_timeout)
 
-    @staticmethod
-    def _cmdline(pid: int) -> bytes:
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return b""
-
     def _pid(self, paths: InstancePaths) -> int | None:
-        """The pid of this instance's QEMU, or None. A stale pidfile whose
-        pid now belongs to another process is not trusted."""
-        try:
-            pid = int(paths.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        marker = b"\0-uuid\0" + paths.dir.name.encode() + b"\0"
-        return pid if marker in self._cmdline(pid) else None
-
-    def _wait_gone(self, pid: int, paths: InstancePaths, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        marker = b"\0-uuid\0" + paths.dir.name.encode() + b"\0"
-        while marker in self._cmdline(pid):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
-        return True
-
-    def _clear_runtime(self, paths: InstancePaths) -> None:
-        for f in paths.runtime_files():
-            f.unlink(missing_ok=True)
-        paths.running_flag.unlink(missing_ok=True)
+        return proc.find_pid(paths)
 
     def _kill(self, pid: int, paths: InstancePaths) -> None:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if not self._wait_gone(pid, paths, self.stop_timeout):
-            raise DriverError(f"QEMU pid {pid} survived SIGKILL for {self.stop_timeout:g} s")
-        self._clear_runtime(paths)
+        proc.kill(pid, paths, self.stop_timeout)
 
     def _stop(self, pid: int, paths: InstancePaths) -> None:
         """QMP quit (QEMU flushes its disks), SIGKILL if that does not work."""
@@ -196,8 +126,10 @@ class QemuDriver:
                 mon.cmd("quit")
         except QmpError as exc:
             log.info("instance %s: %s; killing it", paths.dir.name, exc.message)
-        if not self._wait_gone(pid, paths, self.stop_timeout):
-            log.warning("instance %s: QEMU ignored quit; SIGKILL", paths.dir.name)
+        if proc.wait_gone(pid, paths, self.stop_timeout):
+            proc.clear_runtime(paths)
+            return
+        log.warning("instance %s: QEMU ignored quit; SIGKILL", paths.dir.name)
         self._kill(pid, paths)
 
     def _status(self, paths: InstancePaths) -> str:
@@ -266,7 +198,7 @@ class QemuDriver:
         for f in paths.runtime_files():
             f.unlink(missing_ok=True)  # a killed QEMU's stale sockets
         try:
-            proc = hostops.run(argv, timeout=self.start_timeout, check=False)
+            result = hostops.run(argv, timeout=self.start_timeout, check=False)
         except hostops.CommandTimeout:
             pid = self._pid(paths)
             if pid:
@@ -274,14 +206,14 @@ class QemuDriver:
             raise DriverError(f"QEMU did not start within {self.start_timeout:g} s") from None
         except OSError as exc:
             raise DriverError(f"cannot run {self.qemu_binary}: {exc.strerror}") from None
-        stderr = proc.stderr.decode(errors="replace")
-        if proc.returncode != 0:
+        stderr = result.stderr.decode(errors="replace")
+        if result.returncode != 0:
             pid = self._pid(paths)
             if pid:
                 self._kill(pid, paths)
-            self._clear_runtime(paths)
+            proc.clear_runtime(paths)
             raise DriverError(f"QEMU failed to start: "
-                              f"{qemu_error_line(stderr, self.qemu_binary)}",
+                              f"{proc.qemu_error_line(stderr, self.qemu_binary)}",
                               details=stderr.strip())
         if stderr.strip():
             log.warning("instance %s: QEMU said: %s", paths.dir.name, stderr.strip())
@@ -392,7 +324,7 @@ class QemuDriver:
         with self._locked(uuid):
             pid = self._pid(paths)
             if pid is None:
-                self._clear_runtime(paths)
+                proc.clear_runtime(paths)
                 return
             try:
                 with self._monitor(paths) as mon:
@@ -485,7 +417,10 @@ class QemuDriver:
                 except BaseException:
                     tmp.unlink(missing_ok=True)
                     if was_running:
-                        mon.cmd("cont")
+                        try:
+                            mon.cmd("cont")
+                        except QmpError as exc:
+                            log.warning("instance %s: %s", uuid, exc.message)
                     raise
             self._stop(pid, paths)
 
@@ -493,7 +428,7 @@ class QemuDriver:
         paths = self.paths(uuid)
         if not paths.dir.is_dir():
             raise DriverError(f"instance {uuid} has no files on this host")
-        trim_log(paths.console_log, self.console_log_bytes)
+        proc.trim_log(paths.console_log, self.console_log_bytes)
         try:
             with open(paths.console_log, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
@@ -571,7 +506,7 @@ class QemuDriver:
             pid = self._pid(paths)
             if pid is not None:
                 # The live command line names the taps even if the record is gone.
-                live = re.findall(rb"ifname=([A-Za-z0-9_-]+)", self._cmdline(pid))
+                live = re.findall(rb"ifname=([A-Za-z0-9_-]+)", proc.cmdline(pid))
                 names.update(name.decode() for name in live)
                 self._kill(pid, paths)
             for name in sorted(names):
@@ -606,11 +541,9 @@ class QemuDriver:
         trimmed, reaped = 0, []
         for uuid in self.list_instances():
             paths = self.paths(uuid)
-            if trim_log(paths.console_log, self.console_log_bytes):
+            if proc.trim_log(paths.console_log, self.console_log_bytes):
                 trimmed += 1
-            key = f"{self.instances_dir.resolve()}/{uuid}"
-            with _locks_guard:
-                lock = _locks.setdefault(key, threading.RLock())
+            lock = proc.instance_lock(self.instances_dir, uuid)
             if not lock.acquire(blocking=False):
                 continue
             try:

@@ -47,11 +47,24 @@ def ensure(nic: Nic) -> bool:
         _ip("tuntap", "add", "dev", nic.tap, "mode", "tap",
             what=f"cannot create tap {nic.tap}")
         created = True
+    _no_ipv6(nic.tap)
     _ip("link", "set", "dev", nic.tap, "mtu", str(nic.mtu),
         what=f"cannot set MTU {nic.mtu} on {nic.tap}")
     plug(nic)
     _ip("link", "set", "dev", nic.tap, "up", what=f"cannot bring {nic.tap} up")
     return created
+
+
+def _no_ipv6(name: str) -> None:
+    """A bridge port needs no address of its own: without this the host
+    gives the tap a link-local address and sends router solicitations and
+    MLD reports into the guest's network."""
+    knob = Path("/proc/sys/net/ipv6/conf") / name / "disable_ipv6"
+    try:
+        if knob.read_text().strip() != "1":
+            knob.write_text("1")
+    except OSError:
+        pass  # IPv6 disabled on the host altogether
 
 
 def plug(nic: Nic) -> bool:
