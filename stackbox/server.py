@@ -102,6 +102,30 @@ class Cloud:
                 pass
 
 
+def accel_cache_dir(settings: Settings) -> Path:
+    """The probe result depends only on the host (QEMU version, kernel), so
+    clouds that share a guest cache share it too."""
+    from stackbox.compute.drivers.accel import default_cache_dir
+    if settings.compute.guest_cache_dir:
+        return settings.compute.guest_cache_dir / "accel"
+    return default_cache_dir(settings.data_dir)
+
+
+def choose_accel(settings: Settings) -> str:
+    """KVM where a guest really boots under it, else TCG with one warning."""
+    if settings.compute.accel != "auto":
+        return settings.compute.accel
+    from stackbox.compute.drivers.accel import probe_accelerator
+    try:
+        result = probe_accelerator(cache_dir=accel_cache_dir(settings))
+    except Exception as e:     # a probe that fails says nothing good about KVM
+        log.warning("accelerator probe failed (%s): guests run under TCG, slower", e)
+        return "tcg"
+    if result.accel != "kvm":
+        log.warning("KVM is not usable here (%s): guests run under TCG, slower", result.reason)
+    return result.accel
+
+
 def compute_agent(settings: Settings, db: Database, compute: ComputeService, image):
     """This host's compute agent with the configured driver (built at start-up
     so a bad setting fails now, not at the first boot)."""
@@ -114,15 +138,8 @@ def compute_agent(settings: Settings, db: Database, compute: ComputeService, ima
         from stackbox.compute.drivers.noop import NoopDriver
         driver, accel = NoopDriver(instances), "none"
     else:
-        from stackbox.compute.drivers.accel import default_cache_dir, probe_accelerator
         from stackbox.compute.drivers.qemu import QemuDriver
-        accel = cfg.accel
-        if accel == "auto":
-            result = probe_accelerator(cache_dir=default_cache_dir(settings.data_dir))
-            accel = result.accel
-            if accel != "kvm":
-                log.warning("KVM is not usable here (%s): guests run under TCG, slower",
-                            result.reason)
+        accel = choose_accel(settings)
         driver = QemuDriver(instances, accel=accel, console_log_bytes=cfg.console_log_bytes)
     return ComputeAgent(db, settings, compute=compute, image=image, driver=driver,
                         cache=ImageCache(settings.data_dir / "cache" / "base"),

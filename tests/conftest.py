@@ -66,7 +66,7 @@ class Cloud:
 
     def stackbox(self, *args, check=True, env=None) -> subprocess.CompletedProcess:
         return run([STACKBOX, *args, "--config", str(self.config), "--data-dir",
-                    str(self.data_dir)], check=check, env=env)
+                    str(self.data_dir)], check=check, env=env, timeout=600)
 
     def start(self) -> None:
         self.stackbox("up", "--detach")
@@ -103,7 +103,10 @@ class Cloud:
             argv += ["-f", "json"]
         proc = run(argv, env=env or self.env(), check=check)
         if check and as_json and proc.stdout.strip():
-            return json.loads(proc.stdout)
+            # `--wait` prints progress ("Complete") before the document
+            text = proc.stdout
+            starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+            return json.loads(text[min(starts):] if starts else text)
         return proc
 
     def sdk(self, cloud: str = "stackbox"):

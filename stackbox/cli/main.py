@@ -79,7 +79,7 @@ def cmd_up(args) -> int:
         print(f"stackbox is already running for {data_dir} (pid {pid}); "
               f"`stackbox down --data-dir {data_dir}` stops it.", file=sys.stderr)
         return 1
-    progress = Progress(6)
+    progress = Progress(7)
     with progress.step("checking configuration and host"):
         check_host(settings)
     from stackbox.common.db import Database, migrate
@@ -100,6 +100,8 @@ def cmd_up(args) -> int:
                 boot.refresh_credentials(data_dir, settings)
         with progress.step("preparing compute: flavors and the tiny guest image") as st:
             st.note = _prepare_compute(db, settings)
+        with progress.step("choosing the accelerator (KVM, else TCG)") as st:
+            st.note = _probe_accel(settings)
     finally:
         db.dispose()
     if args.detach:
@@ -118,6 +120,16 @@ def cmd_up(args) -> int:
                backups=settings.log.backups, to_stderr=True)
     serve(settings, sockets)
     return 0
+
+
+def _probe_accel(settings: Settings) -> str:
+    """Probe once here (the result is cached) so the server starts at once."""
+    if settings.compute.driver != "qemu":
+        return f"(driver {settings.compute.driver}: no guests run)"
+    if settings.compute.accel != "auto":
+        return f"({settings.compute.accel}, as configured)"
+    from stackbox.server import choose_accel
+    return f"({choose_accel(settings)})"
 
 
 def _prepare_compute(db, settings: Settings) -> str:
@@ -147,7 +159,7 @@ def _start_detached(args, settings: Settings) -> str:
     with open(log_dir / "stackbox.out", "ab") as out:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                  start_new_session=True, close_fds=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if child.poll() is not None:
             raise RuntimeError(f"the stackbox process exited with {child.returncode}; see "
@@ -156,7 +168,7 @@ def _start_detached(args, settings: Settings) -> str:
             return f"(pid {child.pid})"
         time.sleep(0.1)
     child.terminate()
-    raise RuntimeError(f"the APIs did not answer within 60 s; see {log_dir}")
+    raise RuntimeError(f"the APIs did not answer within 120 s; see {log_dir}")
 
 
 def _version_doc(settings: Settings, service: str) -> tuple[bool, str]:

@@ -129,8 +129,9 @@ class ComputeSettings(_Section):
         True, description="Build (cached) and register the bundled `tiny` guest at "
         "start, so a first boot needs no image upload.")
     guest_cache_dir: Path | None = Field(
-        None, description="Where guest image builds are cached (default "
-        "`<data_dir>/cache/guests`); several clouds on one host may share one.")
+        None, description="Where guest image builds and the accelerator probe result "
+        "are cached (default `<data_dir>/cache/guests`); several clouds on one host may "
+        "share one.")
     default_flavors: bool = Field(
         True, description="Create Nova's classic flavors (m1.tiny ... m1.xlarge) and "
         "the small `c1.tiny` at first start.")
