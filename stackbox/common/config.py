@@ -102,6 +102,24 @@ class ImageSettings(_Section):
 
 class ComputeSettings(_Section):
     port: int = Field(8774, ge=1, le=65535, description="Port of the compute API (Nova v2.1).")
+    console_port: int = Field(
+        6080, ge=1, le=65535, description="Port of the console proxy: the noVNC web "
+        "client, the VNC websocket and the serial-console websocket (docs/consoles.md).")
+    console_token_ttl: int = Field(
+        600, ge=10, le=24 * 3600, description="Seconds a console URL stays valid. Each "
+        "URL works for one connection only; an open console stays open past this.")
+    novnc_dir: str = Field(
+        "", description="Directory holding noVNC's vnc_lite.html, vnc.html, app/ and core/. "
+        "Empty: `<venv>/share/novnc` (installed by `make novnc`), else `/usr/share/novnc` "
+        "(Debian's novnc package).")
+
+    @field_validator("novnc_dir")
+    @classmethod
+    def _novnc(cls, v: str) -> str:
+        if v and not (Path(v) / "vnc_lite.html").is_file():
+            raise ValueError("no vnc_lite.html in that directory; fix: run `make novnc` "
+                             "and leave this key empty, or point it at noVNC's web root")
+        return v
 
 
 class ObjectStoreSettings(_Section):
@@ -158,7 +176,10 @@ class Settings(_Section):
         return self.database.url or f"sqlite:///{self.data_dir / 'stackbox.sqlite'}"
 
     def base_url(self, service: str) -> str:
-        port = self.service_ports()[service]
+        return self.url_for_port(self.service_ports()[service])
+
+    def url_for_port(self, port: int) -> str:
+        """http(s)://<public host>:<port>, as clients reach this cloud."""
         if self.api.public_base_url:
             return f"{self.api.public_base_url}:{port}"
         host = self.api.bind_address
