@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlsplit
 
+from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -117,7 +118,12 @@ class ConsoleProxy:
                 "noVNC is not installed on this host; fix: run `make novnc` (or apt-get "
                 "install novnc) and restart stackbox\n", status_code=503)
         else:
-            response = self.static
+            try:
+                await self.static(scope, receive, send)
+            except HTTPException as e:  # 404/405 (no Starlette app around to render them)
+                await PlainTextResponse(f"{e.detail}\n", status_code=e.status_code,
+                                        headers=e.headers)(scope, receive, send)
+            return
         await response(scope, receive, send)
 
     # --- websocket: the consoles --------------------------------------------------
