@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import os
+import re
+import shutil
+import signal
 import socket
 import struct
+import subprocess
 import threading
 import time
 import uuid
@@ -23,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from stackbox.compute.consoleproxy import build_console_app, console_url, find_novnc
 from stackbox.compute.consoletokens import ConsoleTokens, MemoryTokenBackend
 from stackbox.compute.drivers.base import ConsoleEndpoint
-from tests.e2e.guests import BOOT_TIMEOUT, MARK, QEMU, Guest
+from tests.e2e.guests import BOOT_TIMEOUT, MARK, QEMU, Guest, die_with_parent
 
 UUID = "0d1e7c3a-5b7e-4a4e-8f0e-3c1d2b9a6f10"
 
@@ -186,6 +191,80 @@ def test_serial_console_of_a_real_qemu(proxy, qemu_guest):
             return await out.until(b"Password", 30)
     seen = run(session())
     assert b"tiny login:" in seen, seen
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+class Browser:
+    """Headless Chromium showing one page, read through the DevTools protocol
+    (virtual-time tricks like --dump-dom give up before a slow TCG guest answers)."""
+
+    def __init__(self, url: str, profile: Path):
+        self.profile = profile
+        self.proc = subprocess.Popen(
+            ["timeout", "--signal=KILL", "120", CHROMIUM, "--headless", "--no-sandbox",
+             "--disable-gpu", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+             "--remote-debugging-address=127.0.0.1", url],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=die_with_parent)
+
+    def page_ws(self) -> str:
+        active = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + 30
+        while True:
+            if active.exists() and len(active.read_text().splitlines()) >= 2:
+                port = int(active.read_text().splitlines()[0])
+                pages = [t for t in requests.get(f"http://127.0.0.1:{port}/json/list",
+                                                 timeout=10).json() if t["type"] == "page"]
+                if pages:
+                    return pages[0]["webSocketDebuggerUrl"]
+            assert time.monotonic() < deadline, "Chromium's DevTools did not come up"
+            time.sleep(0.2)
+
+    async def wait_status(self, done, timeout: float) -> str:
+        """Poll noVNC's status line until done(status) or timeout; return it."""
+        async with connect(self.page_ws(), max_size=2 ** 24) as cdp:
+            status, deadline = "", time.monotonic() + timeout
+            for n in range(1, 10 ** 6):
+                await cdp.send(json.dumps({"id": n, "method": "Runtime.evaluate", "params": {
+                    "expression": "(document.getElementById('status')||{}).textContent",
+                    "returnByValue": True}}))
+                while True:
+                    reply = json.loads(await cdp.recv())
+                    if reply.get("id") == n:
+                        break
+                status = reply.get("result", {}).get("result", {}).get("value") or ""
+                if done(status) or time.monotonic() > deadline:
+                    return status
+                await asyncio.sleep(0.2)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+
+def novnc_status(url: str, profile: Path, done) -> str:
+    browser = Browser(url, profile)
+    try:
+        return run(browser.wait_status(done, 60), timeout=90)
+    finally:
+        browser.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+def test_novnc_page_in_a_browser_connects_to_the_vm(proxy, qemu_guest, workdir):
+    if proxy.app.novnc_dir is None:
+        pytest.skip("noVNC not installed (make novnc)")
+    token = proxy.issue("vnc", ConsoleEndpoint(kind="vnc", unix_path=qemu_guest.vnc))
+    url = console_url(proxy.base, "vnc", token)
+    connected = novnc_status(url, workdir / "chromium-1", lambda s: s.startswith("Connected"))
+    assert connected == f"Connected to QEMU ({qemu_guest.name})"
+    # the same URL again: the browser is refused and noVNC says so
+    again = novnc_status(url, workdir / "chromium-2", lambda s: s not in ("", "Loading", "Connecting"))
+    assert again.startswith("Something went wrong"), again
 
 
 # --- the proxy's rules, against a plain unix-socket peer ---------------------------
