@@ -21,7 +21,9 @@ consoletokens.py) and must never accept a token twice.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import re
 import sys
 import time
 from http.cookies import CookieError, SimpleCookie
@@ -76,6 +78,34 @@ def console_url(base_url: str, kind: str, token: str) -> str:
     raise ValueError(f"console kind {kind!r} not supported (allowed: vnc, serial)")
 
 
+# Set in the connection's task when we answered with an HTTP refusal, so the
+# log filter below can tell uvicorn's "returned without completing handshake"
+# (which its websockets-sansio protocol says after any denial response) from a real fault.
+_denied: contextvars.ContextVar[bool] = contextvars.ContextVar("console_denied", default=False)
+_TOKEN_IN_TEXT = re.compile(r"(token(?:=|%3D))[A-Za-z0-9_\-]+")
+
+
+class _ServerLogFilter(logging.Filter):
+    """uvicorn logs each websocket's path with its query string: keep console
+    tokens out of the log, and drop the false alarm after a refusal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str):
+            return True
+        if record.msg.startswith("ASGI callable returned without") and _denied.get():
+            return False
+        message = record.getMessage()
+        if "token" in message:
+            record.msg, record.args = _TOKEN_IN_TEXT.sub(r"\1<redacted>", message), ()
+        return True
+
+
+def _install_log_filter() -> None:
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _ServerLogFilter) for f in server_log.filters):
+        server_log.addFilter(_ServerLogFilter())
+
+
 class _Refused(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -99,6 +129,7 @@ class ConsoleProxy:
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.open_connections = 0
+        _install_log_filter()
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket":
@@ -129,13 +160,22 @@ class ConsoleProxy:
     # --- websocket: the consoles --------------------------------------------------
 
     async def _websocket(self, ws: WebSocket) -> None:
+        # The slot is taken before the token is looked at, so concurrent
+        # connects cannot overshoot the limit and a full proxy burns no token.
+        self.open_connections += 1
+        try:
+            await self._session(ws)
+        finally:
+            self.open_connections -= 1
+
+    async def _session(self, ws: WebSocket) -> None:
         peer = "%s:%s" % tuple(ws.client) if ws.client else "?"
         try:
-            subprotocol = self._check_request(ws)
-            record, endpoint = await self._claim(ws)
-            if self.open_connections >= self.max_connections:
+            if self.open_connections > self.max_connections:
                 raise _Refused(503, f"too many open consoles ({self.max_connections}); "
                                     "try again later")
+            subprotocol = self._check_request(ws)
+            record, endpoint = await self._claim(ws)
             reader, writer = await self._connect(endpoint)
         except _Refused as refused:
             log.info("console refused client=%s path=%s status=%d: %s",
@@ -143,7 +183,6 @@ class ConsoleProxy:
             await _deny(ws, refused.status, refused.reason)
             return
         instance = record.instance_uuid if record else "-"
-        self.open_connections += 1
         started = time.monotonic()
         counts = [0, 0]
         why = "?"
@@ -153,7 +192,6 @@ class ConsoleProxy:
                      instance, endpoint.kind, peer)
             why = await _pump(ws, reader, writer, endpoint.kind, counts)
         finally:
-            self.open_connections -= 1
             writer.close()
             log.info("console closed instance=%s kind=%s client=%s after %.1f s "
                      "(%d bytes in, %d out): %s", instance, endpoint.kind, peer,
@@ -186,6 +224,10 @@ class ConsoleProxy:
             got = await self.resolve(token)
         except ConsoleTokenError as e:
             raise _Refused(403, e.reason)
+        except Exception:
+            # e.g. the token database is unreachable: the client may retry
+            log.exception("console token lookup failed")
+            raise _Refused(503, "console tokens cannot be checked right now; try again")
         if got is None:
             raise _Refused(403, "console token unknown: ask for a new console URL")
         record = got if isinstance(got, TokenRecord) else None
@@ -227,6 +269,7 @@ def _token_of(ws: WebSocket) -> str:
 
 
 async def _deny(ws: WebSocket, status: int, reason: str) -> None:
+    _denied.set(True)
     if "websocket.http.response" in ws.scope.get("extensions", {}):
         await ws.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
     else:

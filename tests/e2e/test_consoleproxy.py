@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,7 +27,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from stackbox.compute.consoleproxy import build_console_app, console_url, find_novnc
-from stackbox.compute.consoletokens import ConsoleTokens, MemoryTokenBackend
+from stackbox.compute.consoletokens import ConsoleTokens, MemoryTokenBackend, hash_token
 from stackbox.compute.drivers.base import ConsoleEndpoint
 from tests.e2e.guests import BOOT_TIMEOUT, MARK, QEMU, Guest, die_with_parent
 
@@ -371,7 +372,8 @@ def refusal(url: str, **kwargs) -> tuple[int, str]:
     return response.status_code, response.body.decode()
 
 
-def test_bad_requests_are_refused_before_the_upgrade(proxy, peer, tmp_path):
+def test_bad_requests_are_refused_before_the_upgrade(proxy, peer, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     endpoint = ConsoleEndpoint(kind="vnc", unix_path=peer.path)
     token = proxy.issue("vnc", endpoint)
     ws = f"ws://127.0.0.1:{proxy.port}"
@@ -393,6 +395,44 @@ def test_bad_requests_are_refused_before_the_upgrade(proxy, peer, tmp_path):
     gone = proxy.issue("vnc", ConsoleEndpoint(kind="vnc", unix_path=tmp_path / "gone.sock"))
     status, body = refusal(f"{ws}/?token={gone}")
     assert status == 502 and "not reachable" in body
+
+    # uvicorn's own lines name each websocket path: tokens are redacted there,
+    # and a refusal is not logged as an application error
+    assert "token=<redacted>" in caplog.text
+    assert token not in caplog.text and gone not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_expired_token_and_broken_token_store(proxy, peer, monkeypatch):
+    endpoint = ConsoleEndpoint(kind="vnc", unix_path=peer.path)
+    token = proxy.issue("vnc", endpoint)
+    monkeypatch.setattr(proxy.tokens, "clock", lambda: time.time() + 601)
+    status, body = refusal(proxy.ws_url("vnc", token))
+    assert status == 403 and "expired" in body
+
+    def store_down(token_hash, now):
+        raise ConnectionError("database unreachable")
+    monkeypatch.setattr(proxy.tokens.backend, "claim", store_down)
+    status, body = refusal(proxy.ws_url("vnc", token))
+    assert status == 503 and "try again" in body
+
+
+def test_a_full_proxy_refuses_without_using_the_token(proxy, peer):
+    proxy.app.max_connections = 1
+    first = proxy.issue("serial", ConsoleEndpoint(kind="serial", unix_path=peer.path))
+    second = proxy.issue("serial", ConsoleEndpoint(kind="serial", unix_path=peer.path))
+
+    async def session():
+        async with connect(proxy.ws_url("serial", first)) as ws:
+            await Frames(ws).until(b"hello", 10)
+            try:
+                async with connect(proxy.ws_url("serial", second)):
+                    pass
+            except InvalidStatus as e:
+                return e.response.status_code, e.response.body.decode()
+    status, body = run(session())
+    assert status == 503 and "too many open consoles" in body
+    assert proxy.tokens.backend.get(hash_token(second)).used_at is None
 
 
 def test_same_origin_and_cookie_token_are_accepted(proxy, peer):
