@@ -362,3 +362,13 @@ def build_console_app(resolve: Resolve, *, novnc_dir: Path | None,
                     "fix: run `make novnc`", ", ".join(map(str, NOVNC_CANDIDATES)))
     return ConsoleProxy(resolve, novnc_dir=novnc_dir, allowed_origins=allowed_origins,
                         max_connections=max_connections)
+
+
+def build_console(settings, *, backend=None) -> tuple["ConsoleTokens", ConsoleProxy]:
+    """The token store and the proxy app for one stackbox process: the
+    compute API issues with the first, the server mounts the second on
+    `settings.compute.console_port`. `backend` defaults to memory."""
+    from stackbox.compute.consoletokens import ConsoleTokens
+    tokens = ConsoleTokens(backend, ttl=settings.compute.console_token_ttl)
+    app = build_console_app(tokens.resolver(), novnc_dir=find_novnc(settings.compute.novnc_dir))
+    return tokens, app

@@ -153,3 +153,13 @@ def test_novnc_dir_must_hold_novnc(tmp_path):
     assert load_settings(cfg).compute.novnc_dir == str(tmp_path)
     assert find_novnc(str(tmp_path)) == tmp_path
     assert find_novnc(str(tmp_path / "nothing")) is None
+
+
+def test_build_console_uses_the_settings(tmp_path):
+    from stackbox.compute.consoleproxy import build_console
+    (tmp_path / "vnc_lite.html").write_text("<html></html>")
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'[compute]\nconsole_token_ttl = 30\nnovnc_dir = "{tmp_path}"\n')
+    tokens, app = build_console(load_settings(cfg))
+    assert tokens.ttl == 30 and app.novnc_dir == tmp_path
+    assert isinstance(tokens.backend, MemoryTokenBackend)
