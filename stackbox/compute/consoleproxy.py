@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stackbox.compute.consoletokens import ConsoleTokenError, TokenRecord
-from stackbox.compute.drivers.base import ConsoleEndpoint
+from stackbox.compute.drivers.base import ConsoleEndpoint, DriverError
 
 log = logging.getLogger("stackbox.console")
 
@@ -224,6 +224,8 @@ class ConsoleProxy:
             got = await self.resolve(token)
         except ConsoleTokenError as e:
             raise _Refused(403, e.reason)
+        except DriverError as e:
+            raise _Refused(502, f"console not available: {e.message}")
         except Exception:
             # e.g. the token database is unreachable: the client may retry
             log.exception("console token lookup failed")
@@ -352,6 +354,27 @@ def _with_page_headers(send):
             message = {**message, "headers": [*message.get("headers", []), *extra]}
         await send(message)
     return wrapped
+
+
+def make_resolver(consume: Callable[[str], "tuple[str, str] | None"],
+                  console_endpoint: Callable[[str, str], ConsoleEndpoint]) -> Resolve:
+    """A resolve() from a token store that answers (server id, kind) or None
+    (spending the token) and a driver's console_endpoint(uuid, kind), which is
+    asked at connect time; its DriverError (server not running) becomes 502.
+    Both block (database, QMP), so they run in a worker thread."""
+
+    def lookup(token: str) -> ConsoleEndpoint | None:
+        found = consume(token)
+        if found is None:
+            return None
+        server_id, kind = found
+        return console_endpoint(server_id, kind)
+
+    async def resolve(token: str) -> ConsoleEndpoint | None:
+        if not token:
+            raise ConsoleTokenError("no console token in the request (expected ?token=...)")
+        return await asyncio.to_thread(lookup, token)
+    return resolve
 
 
 def build_console_app(resolve: Resolve, *, novnc_dir: Path | None,
