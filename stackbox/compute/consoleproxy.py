@@ -182,7 +182,7 @@ class ConsoleProxy:
                      peer, ws.url.path, refused.status, refused.reason)
             await _deny(ws, refused.status, refused.reason)
             return
-        instance = record.instance_uuid if record else "-"
+        instance = record.instance_uuid if record else _where(endpoint)
         started = time.monotonic()
         counts = [0, 0]
         why = "?"
@@ -241,7 +241,7 @@ class ConsoleProxy:
         return record, endpoint
 
     async def _connect(self, endpoint: ConsoleEndpoint):
-        where = str(endpoint.unix_path) if endpoint.unix_path else f"{endpoint.host}:{endpoint.port}"
+        where = _where(endpoint)
         try:
             if endpoint.unix_path is not None:
                 opening = asyncio.open_unix_connection(str(endpoint.unix_path), limit=CHUNK)
@@ -253,6 +253,10 @@ class ConsoleProxy:
             log.warning("console endpoint %s unreachable: %s", where, e)
             raise _Refused(502, f"the {endpoint.kind} console is not reachable ({reason}); "
                                 "is the server running?")
+
+
+def _where(endpoint: ConsoleEndpoint) -> str:
+    return str(endpoint.unix_path) if endpoint.unix_path else f"{endpoint.host}:{endpoint.port}"
 
 
 def _token_of(ws: WebSocket) -> str:
@@ -272,11 +276,14 @@ def _token_of(ws: WebSocket) -> str:
 
 async def _deny(ws: WebSocket, status: int, reason: str) -> None:
     _denied.set(True)
-    if "websocket.http.response" in ws.scope.get("extensions", {}):
-        await ws.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
-    else:
-        # Servers without the denial extension answer 403 to a close before accept.
-        await ws.close(code=1008, reason=reason[:120])
+    try:
+        if "websocket.http.response" in ws.scope.get("extensions", {}):
+            await ws.send_denial_response(PlainTextResponse(reason + "\n", status_code=status))
+        else:
+            # Servers without the denial extension answer 403 to a close before accept.
+            await ws.close(code=1008, reason=reason[:120])
+    except (OSError, RuntimeError, WebSocketDisconnect):
+        pass  # the client did not wait for the answer
 
 
 async def _pump(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
