@@ -8,7 +8,7 @@ APT_PACKAGES = python3 python3-venv python3-dev build-essential iproute2 nftable
                dnsmasq-base qemu-system-x86 qemu-utils haproxy genisoimage wrk \
                postgresql postgresql-client ca-certificates
 
-.PHONY: up down test deps apt venv test-deps docs
+.PHONY: up down test deps apt venv test-deps docs novnc
 
 up: deps
 	$(VENV)/bin/stackbox up --data-dir $(DATA_DIR)
@@ -21,7 +21,7 @@ test: deps test-deps
 	. ./.ci/postgres.env && STACKBOX_TEST_PG_URL=$$STACKBOX_TEST_PG_URL \
 		$(VENV)/bin/python -m pytest -ra $(PYTEST_ARGS) tests
 
-deps: apt venv
+deps: apt venv novnc
 
 apt: .stamp-apt
 .stamp-apt: Makefile
@@ -38,6 +38,22 @@ $(VENV)/.stamp-venv: requirements.lock pyproject.toml
 	$(VENV)/bin/pip install -q -r requirements.lock
 	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
+
+# noVNC's web client for the console proxy (docs/consoles.md): only the files of
+# Debian's novnc package, not its dependencies (websockify, nodejs, numpy are
+# for running noVNC's own proxy, which stackbox replaces).
+NOVNC_DIR = $(VENV)/share/novnc
+novnc: $(NOVNC_DIR)/vnc_lite.html
+$(NOVNC_DIR)/vnc_lite.html: $(VENV)/.stamp-venv
+	@echo "== noVNC web client from Debian's novnc package (files only) =="
+	rm -rf $(VENV)/novnc-deb && mkdir -p $(VENV)/novnc-deb
+	cd $(VENV)/novnc-deb && apt-get download -q novnc
+	dpkg-deb -x $(VENV)/novnc-deb/novnc_*.deb $(VENV)/novnc-deb/root
+	rm -rf $(NOVNC_DIR) && mkdir -p $(VENV)/share
+	cp -a $(VENV)/novnc-deb/root/usr/share/novnc $(NOVNC_DIR)
+	rm -rf $(NOVNC_DIR)/utils
+	cp $(VENV)/novnc-deb/root/usr/share/doc/novnc/copyright $(NOVNC_DIR)/COPYRIGHT.debian
+	rm -rf $(VENV)/novnc-deb
 
 test-deps: $(VENV)/.stamp-test
 $(VENV)/.stamp-test: requirements-test.lock $(VENV)/.stamp-venv

@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import socket
-import urllib.parse
 from pathlib import Path
 
 import uvicorn
@@ -22,6 +21,8 @@ from stackbox.common.db import Database, utcnow
 from stackbox.common.http.app import PortDispatcher
 from stackbox.compute.api import ComputeApi
 from stackbox.compute.api import build_app as build_compute_app
+from stackbox.compute.consoleproxy import (build_console_app, console_base_url, console_url,
+                                           find_novnc, make_resolver)
 from stackbox.identity.api import build_app as build_identity_app
 from stackbox.identity.service import IdentityService
 from stackbox.image.api import build_app as build_image_app
@@ -77,15 +78,14 @@ class Cloud:
         return {self.settings.identity.port: build_identity_app(self.identity,
                                                                 auth_url=auth_url),
                 self.settings.image.port: build_image_app(self.image, validator=self.identity),
-                self.settings.compute.port: build_compute_app(compute, validator=self.identity)}
+                self.settings.compute.port: build_compute_app(compute, validator=self.identity),
+                self.settings.compute.console_port: build_console_app(
+                    make_resolver(self.compute.consume_console_token,
+                                  self.compute_agent.driver.console_endpoint),
+                    novnc_dir=find_novnc(self.settings.compute.novnc_dir))}
 
     def console_url(self, protocol: str, token: str) -> str:
-        port = getattr(self.settings.compute, "console_port", 6080)
-        host = self.settings.base_url("compute").rsplit(":", 1)[0]
-        quoted = urllib.parse.quote(f"?token={token}", safe="")
-        if protocol == "serial":
-            return f"{host.replace('http', 'ws', 1)}:{port}/serial?token={token}"
-        return f"{host}:{port}/vnc_lite.html?path={quoted}"
+        return console_url(console_base_url(self.settings), protocol, token)
 
     async def housekeeping(self, stop: asyncio.Event) -> None:
         """Heartbeat for `stackbox status`, and signing-key rotation."""
@@ -179,9 +179,12 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
     cloud.prepare()
     if sockets is None:
         sockets = [bind(settings.api.bind_address, p)
-                   for p in settings.service_ports().values()]
+                   for p in settings.listen_ports().values()]
+    # No permessage-deflate: the console proxy's websockets carry VNC data that is
+    # mostly compressed already; deflating it cut throughput ~10x (bench/console).
     config = uvicorn.Config(PortDispatcher(cloud.apps()), log_config=None, access_log=False,
-                            lifespan="off", timeout_keep_alive=30, server_header=False)
+                            lifespan="off", timeout_keep_alive=30, server_header=False,
+                            ws_per_message_deflate=False)
     server = _Server(config)
     pid_path = pidfile(settings.data_dir)
     pid_path.write_text(f"{os.getpid()}\n")

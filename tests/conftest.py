@@ -59,6 +59,7 @@ class Cloud:
             if name == "compute":
                 # one guest build cache for every test cloud (and the e2e tests)
                 lines.append(f'guest_cache_dir = "{GUEST_CACHE}"')
+                lines.append(f"console_port = {free_port()}")
         if db_url:
             lines += ["[database]", f'url = "{db_url}"']
         self.config.write_text("\n".join(lines) + "\n")

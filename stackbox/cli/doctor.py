@@ -432,6 +432,17 @@ def check_clock(settings) -> Result:
                   consequence, fix)
 
 
+@check("novnc")
+def check_novnc(settings) -> Result:
+    from stackbox.compute.consoleproxy import NOVNC_CANDIDATES, find_novnc
+    found = find_novnc(settings.compute.novnc_dir)
+    if found:
+        return Result(OK, f"noVNC web client in {found}")
+    return Result(WARN, f"noVNC not found in {', '.join(map(str, NOVNC_CANDIDATES))}",
+                  "console URLs (openstack console url show --novnc) open no page; "
+                  "serial consoles still work", "make novnc")
+
+
 # --- running and printing -----------------------------------------------------
 
 def run_check(item: Check, settings) -> list[Result]:

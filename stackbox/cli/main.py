@@ -111,7 +111,7 @@ def cmd_up(args) -> int:
         return 0
     with progress.step("starting the APIs"):
         from stackbox.server import bind
-        sockets = [bind(settings.api.bind_address, p) for p in settings.service_ports().values()]
+        sockets = [bind(settings.api.bind_address, p) for p in settings.listen_ports().values()]
     _summary(settings)
     print("Press Ctrl-C to stop.", flush=True)
     from stackbox.common import logs

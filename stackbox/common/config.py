@@ -135,6 +135,24 @@ class ComputeSettings(_Section):
     default_flavors: bool = Field(
         True, description="Create Nova's classic flavors (m1.tiny ... m1.xlarge) and "
         "the small `c1.tiny` at first start.")
+    console_port: int = Field(
+        6080, ge=1, le=65535, description="Port of the console proxy: the noVNC web "
+        "client, the VNC websocket and the serial-console websocket (docs/consoles.md).")
+    console_token_ttl: int = Field(
+        600, ge=10, le=24 * 3600, description="Seconds a console URL stays valid. Each "
+        "URL works for one connection only; an open console stays open past this.")
+    novnc_dir: str = Field(
+        "", description="Directory holding noVNC's vnc_lite.html, vnc.html, app/ and core/. "
+        "Empty: `<venv>/share/novnc` (installed by `make novnc`), else `/usr/share/novnc` "
+        "(Debian's novnc package).")
+
+    @field_validator("novnc_dir")
+    @classmethod
+    def _novnc(cls, v: str) -> str:
+        if v and not (Path(v) / "vnc_lite.html").is_file():
+            raise ValueError("no vnc_lite.html in that directory; fix: run `make novnc` "
+                             "and leave this key empty, or point it at noVNC's web root")
+        return v
 
 
 class ObjectStoreSettings(_Section):
@@ -191,7 +209,17 @@ class Settings(_Section):
         return self.database.url or f"sqlite:///{self.data_dir / 'stackbox.sqlite'}"
 
     def base_url(self, service: str) -> str:
-        port = self.service_ports()[service]
+        return self.url_for_port(self.service_ports()[service])
+
+    def listen_ports(self) -> dict[str, int]:
+        """Every port this process listens on: the APIs and the console proxy."""
+        ports = self.service_ports()
+        if "compute" in ports:
+            ports["console"] = self.compute.console_port
+        return ports
+
+    def url_for_port(self, port: int) -> str:
+        """http(s)://<public host>:<port>, as clients reach this cloud."""
         if self.api.public_base_url:
             return f"{self.api.public_base_url}:{port}"
         host = self.api.bind_address
@@ -275,10 +303,11 @@ def check_host(settings: Settings, *, ports_held_by_us: bool = False) -> None:
     problems: list[str] = []
     problems += _check_data_dir(settings.data_dir)
     if not ports_held_by_us:
-        for service, port in settings.service_ports().items():
+        for service, port in settings.listen_ports().items():
             if not port_free(settings.api.bind_address, port):
+                key = "compute.console_port" if service == "console" else f"{service}.port"
                 problems.append(
-                    f"{service}.port = {port}: port already in use on "
+                    f"{key} = {port}: port already in use on "
                     f"{settings.api.bind_address}; fix: stop the process using it "
                     f"(ss -ltnp 'sport = :{port}') or set [{service}] port to a free port")
     if settings.database.url:

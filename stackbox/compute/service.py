@@ -27,7 +27,6 @@ from stackbox.compute.models import (ComputeHost, ConsoleToken, InstanceAction, 
 
 MAX_USER_DATA = 65535
 HOSTNAME_BAD = re.compile(r"[^a-z0-9-]+")
-CONSOLE_TOKEN_TTL = timedelta(minutes=10)
 GROUP_POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 SORT_KEYS = ("created_at", "updated_at", "display_name", "name", "uuid", "id", "vm_state",
              "task_state", "power_state", "launched_at", "availability_zone", "hostname",
@@ -661,7 +660,8 @@ class ComputeService:
             token = secrets.token_urlsafe(24)
             s.add(ConsoleToken(token_hash=hashlib.sha256(token.encode()).hexdigest(),
                                server_id=server_id, kind=kind,
-                               expires_at=utcnow() + CONSOLE_TOKEN_TTL))
+                               expires_at=utcnow() + timedelta(
+                                   seconds=self.settings.compute.console_token_ttl)))
             return token
 
     def consume_console_token(self, token: str) -> tuple[str, str] | None:

@@ -78,6 +78,16 @@ def test_crashing_check_is_a_fail_and_others_still_run():
     assert "OK   port a: a" in lines and "FAIL port b: b" in lines
 
 
+def test_novnc_check_finds_or_names_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "vnc_lite.html").write_text("<html></html>")
+    settings = Settings.model_validate({"compute": {"novnc_dir": str(tmp_path)}})
+    assert doctor.check_novnc(settings).status == OK
+    from stackbox.compute import consoleproxy
+    monkeypatch.setattr(consoleproxy, "NOVNC_CANDIDATES", (tmp_path / "none",))
+    r = doctor.check_novnc(Settings())
+    assert (r.status, r.fix) == (WARN, "make novnc")
+
+
 def test_missing_binary_names_debian_package():
     r = doctor.missing("qemu-img", "no disks")
     assert (r.status, r.fix) == (FAIL, "apt-get install qemu-utils")
