@@ -149,7 +149,7 @@ class Env:
             except ProcessLookupError:
                 pass
         # Exactly the names this module made (taps, veth, bridge), nobody else's.
-        for kind in "txvb":
+        for kind in "txyvb":
             name = f"sbx-q{kind}{self.suffix}"
             if os.path.exists(f"/sys/class/net/{name}"):
                 subprocess.run(["ip", "link", "del", name], timeout=30, capture_output=True)
@@ -411,6 +411,33 @@ def test_kernel_only_boot_and_guest_poweroff_is_reaped(env):
         assert env.driver.housekeeping()["reaped"] == [uid]
         assert _qemu_pids(f"-uuid\0{uid}") == []
         assert env.driver.power_state(uid) is PowerState.SHUTDOWN  # not CRASHED
+    finally:
+        env.driver.destroy(uid)
+    assert _qemu_pids(f"-uuid\0{uid}") == []
+
+
+@pytest.mark.parametrize("hw", [
+    {"hw_machine_type": "q35"},
+    {"hw_disk_bus": "scsi", "hw_video_model": "virtio", "hw_rng_model": "virtio",
+     "hw_vif_model": "e1000"},
+    {"hw_disk_bus": "sata", "hw_video_model": "qxl", "hw_pointer_model": "ps2mouse"},
+    {"hw_disk_bus": "ide", "hw_machine_type": "q35", "hw_video_model": "cirrus"},
+    {"hw_disk_bus": "ide", "hw_video_model": "none", "hw_vif_model": "rtl8139"},
+], ids=lambda hw: "-".join(f"{k[3:]}={v}" for k, v in hw.items()))
+def test_hardware_variants_start(env, hw):
+    """QEMU itself accepts every device layout the command line can build
+    (the unit tests only see strings): all disks, a CD-ROM, a NIC."""
+    uid = str(uuid.uuid4())
+    iso = configdrive.build_config_drive(
+        env.driver.config_drive_path(uid),
+        configdrive.openstack_layout({"uuid": uid}, None, None, None))
+    nics = (Nic("port-v", "52:54:00:5b:00:0a", f"sbx-qy{env.suffix}"),) if env.bridge else ()
+    spec = InstanceSpec(uuid=uid, name="hw", vcpus=2, memory_mb=128, root_gb=1,
+                        ephemeral_gb=1, swap_mb=8, kernel=env.kernel, ramdisk=env.ramdisk,
+                        kernel_cmdline=env.cmdline, config_drive=iso, nics=nics, hw=hw)
+    try:
+        env.driver.spawn(spec)
+        assert env.driver.power_state(uid) is PowerState.RUNNING
     finally:
         env.driver.destroy(uid)
     assert _qemu_pids(f"-uuid\0{uid}") == []
