@@ -2,10 +2,12 @@
 QemuDriver under TCG, the way the compute agent will drive it.
 
 One server goes through its life in order (the tests share it): spawn with
-a config drive and a tap in a test bridge, pause, snapshot, re-adoption by
-a second driver, suspend/resume, reboots, power off/on, destroy. Separate
-tests cover a bad spec and a kernel-only boot whose guest powers itself off. Every host object carries
-the sbx prefix and a random suffix and is removed at teardown, pass or fail.
+a config drive and a tap in a test bridge (with DHCP from a test namespace
+on that bridge, then SSH in with the injected key), pause, snapshot,
+re-adoption by a second driver, suspend/resume, reboots, power off/on, a
+killed QEMU, destroy. Separate tests cover a bad spec and a kernel-only boot
+whose guest powers itself off. Every host object carries the sbx prefix and
+a random suffix and is removed at teardown, pass or fail.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from stackbox.compute.drivers.base import DriverError, ImageFile, InstanceSpec, 
 from stackbox.compute.drivers.qemu import QemuDriver
 from stackbox.compute.imagecache import ImageCache
 from stackbox.guest import configdrive
-from tests.e2e.guests import MARK, QEMU
+from tests.e2e.guests import MARK, QEMU, die_with_parent
 
 pytestmark = pytest.mark.e2e
 BOOT = f"{MARK} boot"
 READY = f"{MARK} ready"
 WAIT = 120  # generous: other helpers load the same two cores
+LAN_GW = "10.78.0.1"  # inside the test's own namespace only
+GUEST_IP = "10.78.0.5"
+GUEST_MAC = "52:54:00:5b:00:01"
 
 
 def _file_stream(path: Path):
@@ -77,7 +82,50 @@ class Env:
         self.ramdisk = _cache(self.cache, "tiny-ramdisk", tiny.initramfs, "ari")
         self.cmdline = tiny.cmdline
         self.suffix = suffix
-        self.bridge = f"sbx-b{suffix}" if os.geteuid() == 0 else ""
+        self.bridge = f"sbx-qb{suffix}" if os.geteuid() == 0 else ""
+        self.netns = ""  # set when the test LAN (DHCP + SSH) is up
+        self.procs: list[subprocess.Popen] = []
+        self.key = root / "id_ed25519"
+
+    def setup_network(self) -> None:
+        """A bridge for the guest's tap and, when dnsmasq and ssh exist, a
+        namespace on the bridge (through a veth) with DHCP: the host's own
+        routing is untouched and no traffic leaves bridge and namespace."""
+        if not self.bridge:
+            return
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("link", "set", self.bridge, "up")
+        dnsmasq = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
+        if not (os.path.exists(dnsmasq) and shutil.which("ssh") and shutil.which("ssh-keygen")):
+            return
+        ns, outer, inner = f"sbx-qn{self.suffix}", f"sbx-qv{self.suffix}", f"sbx-qw{self.suffix}"
+        _ip("netns", "add", ns)
+        self.netns = ns
+        _ip("link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
+        _ip("link", "set", outer, "master", self.bridge, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        _ip("-n", ns, "addr", "add", f"{LAN_GW}/24", "dev", inner)
+        _ip("-n", ns, "link", "set", inner, "up")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)],
+                       check=True, timeout=30)
+        with open(self.root / "dnsmasq.log", "wb") as out:
+            self.procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, dnsmasq, "--no-daemon", "--port=0",
+                 "--no-resolv", "--no-hosts", "--bind-interfaces", f"--interface={inner}",
+                 "--except-interface=lo", f"--dhcp-range={GUEST_IP},static,255.255.255.0",
+                 f"--dhcp-host={GUEST_MAC},{GUEST_IP}",
+                 f"--dhcp-leasefile={self.root}/leases"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=die_with_parent))
+
+    def ssh(self, command: str) -> str:
+        proc = subprocess.run(
+            ["ip", "netns", "exec", self.netns, "ssh", "-i", str(self.key),
+             "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+             "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20",
+             f"root@{GUEST_IP}", command], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
 
     def new_driver(self) -> QemuDriver:
         # Short grace periods: the tiny guest has no acpid and ignores ACPI.
@@ -85,6 +133,11 @@ class Env:
                           stop_timeout=10, qmp_timeout=20, start_timeout=60)
 
     def cleanup(self) -> None:
+        for proc in self.procs:  # `ip netns exec` execs: the pid is dnsmasq's
+            proc.kill()
+            proc.wait(10)
+        if self.netns:
+            subprocess.run(["ip", "netns", "del", self.netns], timeout=30, capture_output=True)
         for uid in self.driver.list_instances():
             try:
                 self.driver.destroy(uid)
@@ -95,8 +148,10 @@ class Env:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        for name in os.listdir("/sys/class/net"):
-            if name.endswith(self.suffix) and name.startswith("sbx"):
+        # Exactly the names this module made (taps, veth, bridge), nobody else's.
+        for kind in "txyvb":
+            name = f"sbx-q{kind}{self.suffix}"
+            if os.path.exists(f"/sys/class/net/{name}"):
                 subprocess.run(["ip", "link", "del", name], timeout=30, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -111,9 +166,7 @@ def env(tiny_image):
     suffix = uuid.uuid4().hex[:6]
     e = Env(Path(tempfile.mkdtemp(prefix="sbx-qd-")), tiny_image, suffix)
     try:
-        if e.bridge:
-            _ip("link", "add", e.bridge, "type", "bridge")
-            _ip("link", "set", e.bridge, "up")
+        e.setup_network()
         yield e
     finally:
         e.cleanup()
@@ -155,6 +208,8 @@ def server(env, tiny_image):
     """The spec of the one server the ordered tests below share."""
     uid = str(uuid.uuid4())
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2Er3cUGa4bkGGv8SzKbIqXBCh/UFn0mmI0tg9jZ4cE e2e"
+    if env.netns:
+        key = env.key.with_suffix(".pub").read_text()
     files = configdrive.openstack_layout(
         {"uuid": uid, "name": "drv", "hostname": "drv.novalocal",
          "public_keys": {"e2e-key": key}}, None, None, None)
@@ -166,8 +221,7 @@ def server(env, tiny_image):
     image = _cache(env.cache, "root-image", base, "qcow2")
     nics = ()
     if env.bridge:
-        nics = (Nic("port-1", "52:54:00:5b:00:01", f"sbx-t{env.suffix}", bridge=env.bridge,
-                    mtu=1450),)
+        nics = (Nic("port-1", GUEST_MAC, f"sbx-qt{env.suffix}", bridge=env.bridge, mtu=1450),)
     return InstanceSpec(uuid=uid, name="drv", vcpus=1, memory_mb=128, root_gb=1,
                         ephemeral_gb=1, swap_mb=32, image=image, kernel=env.kernel,
                         ramdisk=env.ramdisk, kernel_cmdline=env.cmdline,
@@ -188,8 +242,13 @@ def test_spawn_boots_with_config_drive(env, server):
     info = subprocess.run(["qemu-img", "info", "-U", str(paths.root_disk)], check=True,
                           capture_output=True, text=True, timeout=30).stdout
     assert "virtual size: 1 GiB" in info and "root-image" in info  # grown overlay
+    if env.netns:
+        # DHCP answered the port's MAC through tap, bridge and veth, and the
+        # key from the config drive lets us in.
+        assert f"{MARK} network eth0 {GUEST_IP}/24" in log, log
+        assert env.ssh("hostname").strip() == "drv"
     if env.bridge:
-        tap = f"sbx-t{env.suffix}"
+        tap = f"sbx-qt{env.suffix}"
         assert taps.master(tap) == env.bridge
         assert Path(f"/sys/class/net/{tap}/mtu").read_text().strip() == "1450"
         ipv6 = Path(f"/proc/sys/net/ipv6/conf/{tap}/disable_ipv6")
@@ -247,6 +306,8 @@ def test_new_driver_readopts_and_suspends_resumes(env, server):
     assert env.driver.power_state(uid) is PowerState.RUNNING
     assert not paths.saved_state.exists()
     assert _serial_alive(paths.serial)
+    if env.netns:
+        env.ssh("true")  # the network came back with the guest
     assert _log(env, uid).count(BOOT) == boots  # resumed, not rebooted
 
 
@@ -298,7 +359,7 @@ def test_destroy_leaves_nothing(env, server):
     assert env.driver.list_instances() == []
     assert env.driver.power_state(uid) is PowerState.NOSTATE
     if env.bridge:
-        assert not taps.exists(f"sbx-t{env.suffix}")
+        assert not taps.exists(f"sbx-qt{env.suffix}")
     env.driver.destroy(uid)  # idempotent
 
 
@@ -306,7 +367,7 @@ def test_bad_spec_reports_qemus_line_and_leaves_no_process(env):
     uid = str(uuid.uuid4())
     missing = env.root / "no-such-config.iso"
     nics = ()
-    tap = f"sbx-x{env.suffix}"
+    tap = f"sbx-qx{env.suffix}"
     if env.bridge:
         nics = (Nic("port-x", "52:54:00:5b:00:09", tap, bridge=env.bridge),)
     spec = InstanceSpec(uuid=uid, name="bad", vcpus=1, memory_mb=128, root_gb=0,
@@ -350,6 +411,33 @@ def test_kernel_only_boot_and_guest_poweroff_is_reaped(env):
         assert env.driver.housekeeping()["reaped"] == [uid]
         assert _qemu_pids(f"-uuid\0{uid}") == []
         assert env.driver.power_state(uid) is PowerState.SHUTDOWN  # not CRASHED
+    finally:
+        env.driver.destroy(uid)
+    assert _qemu_pids(f"-uuid\0{uid}") == []
+
+
+@pytest.mark.parametrize("hw", [
+    {"hw_machine_type": "q35"},
+    {"hw_disk_bus": "scsi", "hw_video_model": "virtio", "hw_rng_model": "virtio",
+     "hw_vif_model": "e1000"},
+    {"hw_disk_bus": "sata", "hw_video_model": "qxl", "hw_pointer_model": "ps2mouse"},
+    {"hw_disk_bus": "ide", "hw_machine_type": "q35", "hw_video_model": "cirrus"},
+    {"hw_disk_bus": "ide", "hw_video_model": "none", "hw_vif_model": "rtl8139"},
+], ids=lambda hw: "-".join(f"{k[3:]}={v}" for k, v in hw.items()))
+def test_hardware_variants_start(env, hw):
+    """QEMU itself accepts every device layout the command line can build
+    (the unit tests only see strings): all disks, a CD-ROM, a NIC."""
+    uid = str(uuid.uuid4())
+    iso = configdrive.build_config_drive(
+        env.driver.config_drive_path(uid),
+        configdrive.openstack_layout({"uuid": uid}, None, None, None))
+    nics = (Nic("port-v", "52:54:00:5b:00:0a", f"sbx-qy{env.suffix}"),) if env.bridge else ()
+    spec = InstanceSpec(uuid=uid, name="hw", vcpus=2, memory_mb=128, root_gb=1,
+                        ephemeral_gb=1, swap_mb=8, kernel=env.kernel, ramdisk=env.ramdisk,
+                        kernel_cmdline=env.cmdline, config_drive=iso, nics=nics, hw=hw)
+    try:
+        env.driver.spawn(spec)
+        assert env.driver.power_state(uid) is PowerState.RUNNING
     finally:
         env.driver.destroy(uid)
     assert _qemu_pids(f"-uuid\0{uid}") == []

@@ -206,6 +206,18 @@ def test_video_models(model, device):
     assert device in values(argv(spec(hw={"hw_video_model": model})), "-device")
 
 
+def test_pointer_models():
+    devices = values(argv(spec()), "-device")
+    assert "qemu-xhci,id=usb0" in devices and "usb-tablet,bus=usb0.0" in devices
+    for hw in ({"hw_pointer_model": "ps2mouse"}, {"hw_video_model": "none"}):
+        assert not any("usb" in d for d in values(argv(spec(hw=hw)), "-device"))
+
+
+def test_other_architectures_are_refused():
+    with pytest.raises(DriverError, match="allowed: x86_64, i686"):
+        argv(spec(architecture="aarch64"))
+
+
 def test_no_video_device():
     devices = values(argv(spec(hw={"hw_video_model": "none"})), "-device")
     assert not any(d in ("VGA", "cirrus-vga", "virtio-vga") for d in devices)
@@ -223,6 +235,7 @@ def test_rng_and_windows_clock():
     ({"hw_video_model": "3dfx"}, "hw_video_model"),
     ({"hw_rng_model": "hwrng"}, "hw_rng_model"),
     ({"hw_machine_type": "isapc"}, "hw_machine_type"),
+    ({"hw_pointer_model": "lightpen"}, "hw_pointer_model"),
 ])
 def test_unsupported_hw_properties_name_the_allowed_values(hw, field):
     with pytest.raises(DriverError) as err:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -27,8 +28,14 @@ def short_dir():
 
 
 def _sleeper(*extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *extra],
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *extra],
                             stdin=subprocess.DEVNULL)
+    # Until the child has exec'd, /proc shows the parent's command line.
+    deadline = time.monotonic() + 30
+    while b"time.sleep(60)" not in qemu_proc.cmdline(proc.pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return proc
 
 
 def test_pidfile_is_trusted_only_for_the_instances_own_process(tmp_path):

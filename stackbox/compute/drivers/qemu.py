@@ -389,6 +389,11 @@ class QemuDriver:
                     return
                 raise DriverError(f"cannot suspend instance {uuid}: it is not running")
             tmp = paths.dir / ".suspend.state.part"
+            if self._status(paths) == "shutdown":
+                # The guest powered itself off: there is no RAM worth saving.
+                self._stop(pid, paths)
+                raise DriverError(f"cannot suspend instance {uuid}: the guest powered "
+                                  "itself off")
             with self._monitor(paths) as mon:
                 was_running = mon.status() == "running"
                 # Stopped first: one pass over RAM, and the saved state is

@@ -27,6 +27,10 @@ VIF_MODELS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e",
 VIDEO_MODELS = {"vga": "VGA", "cirrus": "cirrus-vga", "virtio": "virtio-vga",
                 "qxl": "qxl-vga", "bochs": "bochs-display", "none": None}
 RNG_MODELS = ("virtio",)
+# usbtablet (nova's default pointer_model) gives VNC consoles an absolute
+# pointer, so the remote mouse and the guest's agree.
+POINTER_MODELS = ("usbtablet", "ps2mouse")
+ARCHITECTURES = ("x86_64", "i686")
 # pc and q35, plus their versioned names (pc-i440fx-7.2, pc-q35-7.2).
 _MACHINE_RE = re.compile(r"^(pc|q35|pc-i440fx-[0-9.]+|pc-q35-[0-9.]+)$")
 _TAP_RE = re.compile(r"^sbx[A-Za-z0-9_-]{1,12}$")
@@ -206,6 +210,10 @@ def build_argv(spec: InstanceSpec, paths: InstancePaths, *, qemu_binary: str,
     if rng and rng not in RNG_MODELS:
         raise DriverError(f"image property hw_rng_model={rng!r} is not supported; "
                           f"allowed: {', '.join(RNG_MODELS)}")
+    pointer = _hw(spec, "hw_pointer_model", POINTER_MODELS, "usbtablet")
+    if spec.architecture not in ARCHITECTURES:
+        raise DriverError(f"architecture {spec.architecture!r} cannot run under "
+                          f"{qemu_binary}; allowed: {', '.join(ARCHITECTURES)}")
     vif_override = spec.hw.get("hw_vif_model", "").strip().lower()
     validate_nics(spec)
     if spec.vcpus < 1 or spec.memory_mb < 16:
@@ -274,6 +282,8 @@ def build_argv(spec: InstanceSpec, paths: InstancePaths, *, qemu_binary: str,
 
     if VIDEO_MODELS[video]:
         argv += ["-device", VIDEO_MODELS[video]]
+        if pointer == "usbtablet":
+            argv += ["-device", "qemu-xhci,id=usb0", "-device", "usb-tablet,bus=usb0.0"]
     if rng:
         argv += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
                  "-device", "virtio-rng-pci,rng=rng0"]
