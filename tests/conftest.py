@@ -143,12 +143,18 @@ def cloud(request, tmp_path_factory):
             pytest.fail("CI=true but STACKBOX_TEST_PG_URL is not set: .ci/run must start "
                         "PostgreSQL")
         db_url, drop = _create_pg_database()
-    c = Cloud(tmp_path_factory.mktemp(f"cloud-{backend}"), backend, db_url)
+    # a short root: QEMU's unix sockets live under <data_dir>/instances/<uuid>/
+    # and a unix socket path holds at most 107 bytes
+    import shutil
+    import tempfile
+    root = Path(tempfile.mkdtemp(prefix=f"sbx-{backend[:2]}-"))
+    c = Cloud(root, backend, db_url)
     try:
         c.start()
         yield c
     finally:
         c.stop()
+        shutil.rmtree(root, ignore_errors=True)
         if drop:
             drop()
 

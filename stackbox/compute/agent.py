@@ -160,7 +160,7 @@ class ComputeAgent:
     def pending(self) -> list[str]:
         with self.db.read() as s:
             return list(s.scalars(select(Server.id).where(Server.host_id == self.host_id,
-                                                          Server.task_state.is_not(None))
+                                                          Server.task_state.in_(list(TASKS)))
                                   .order_by(Server.updated_at)))
 
     def adopt(self) -> None:
@@ -195,11 +195,23 @@ class ComputeAgent:
             finally:
                 with self._busy_lock:
                     self._busy.discard(server.id)
-        if hasattr(self.driver, "housekeeping"):
-            try:
-                self.driver.housekeeping()
-            except Exception:
-                log.exception("driver housekeeping failed")
+        try:
+            self.driver.housekeeping()
+            self.cache.prune(self.driver.images_in_use() | self._images_wanted())
+        except Exception:
+            log.exception("driver housekeeping failed")
+
+    def _images_wanted(self) -> set[str]:
+        """Images this host's servers boot from (a boot between fetch and
+        QEMU start must not lose its image to a prune)."""
+        with self.db.read() as s:
+            rows = s.execute(select(Server.image_id, Server.image_meta)
+                             .where(Server.host_id == self.host_id)).all()
+        wanted = set()
+        for image_id, meta in rows:
+            props = (meta or {}).get("properties") or {}
+            wanted |= {image_id, props.get("kernel_id"), props.get("ramdisk_id")}
+        return {w for w in wanted if w}
 
     def _observe(self, server_id: str, power: PowerState) -> None:
         with self.db.transaction() as s:
@@ -224,9 +236,7 @@ class ComputeAgent:
             return
         event, handler = TASKS.get(server.task_state, (None, None))
         if handler is None:
-            log.error("server %s: unknown task %s; clearing it", server_id, server.task_state)
-            self._finish(server_id, task_state=None)
-            return
+            return          # not the agent's step (the API is still binding ports)
         started = utcnow()
         try:
             getattr(self, handler)(server)
@@ -339,11 +349,11 @@ class ComputeAgent:
     def _nics(self, server: Server) -> list[Nic]:
         if self.network is None:
             return []
-        return [Nic(port_id=p["id"], mac=p["mac_address"], tap=p["tap"],
-                    bridge=p.get("bridge", ""), mtu=p.get("mtu", 1500),
-                    model=(server.image_meta.get("properties") or {}).get("hw_vif_model",
-                                                                            "virtio"))
-                for p in self.network.server_ports(server.id)]
+        from stackbox.network.hoststate import bridge_name
+        model = (server.image_meta.get("properties") or {}).get("hw_vif_model", "virtio")
+        return [Nic(port_id=p["port_id"], mac=p["mac_address"], tap=p["tap"],
+                    bridge=bridge_name(p["network_id"]), mtu=p.get("mtu") or 1500, model=model)
+                for p in self.network.server_network_info(server.id)]
 
     def instance_metadata(self, server: Server) -> dict:
         """Nova's meta_data.json for this server (config drive and metadata service)."""
@@ -372,9 +382,17 @@ class ComputeAgent:
                             "services": []}
         files = configdrive.openstack_layout(self.instance_metadata(server), user_data,
                                              network_data, None)
-        path = self.instances_dir / server.id / "disk.config"
+        path = self.driver.config_drive_path(server.id)
         configdrive.build_config_drive(path, files)
         return path
+
+    def _shutdown_timeout(self, server: Server) -> float:
+        """Nova's `os_shutdown_timeout` image property, else the configured one."""
+        props = (server.image_meta or {}).get("properties") or {}
+        try:
+            return float(props["os_shutdown_timeout"])
+        except (KeyError, ValueError):
+            return self.settings.compute.shutdown_timeout
 
     # -- task handlers ---------------------------------------------------------------------
     def _spawn(self, server: Server) -> None:
@@ -393,7 +411,7 @@ class ComputeAgent:
         self.compute.purge(server.id)
 
     def _stop(self, server: Server) -> None:
-        self.driver.power_off(server.id, timeout=self.settings.compute.shutdown_timeout)
+        self.driver.power_off(server.id, timeout=self._shutdown_timeout(server))
         self._finish(server.id, vm_state=states.STOPPED, task_state=None,
                      power_state=states.POWER["shutdown"])
 
@@ -434,7 +452,7 @@ class ComputeAgent:
 
     def _rebuild(self, server: Server) -> None:
         was_running = server.vm_state == states.ACTIVE
-        self.driver.power_off(server.id, timeout=self.settings.compute.shutdown_timeout)
+        self.driver.power_off(server.id, timeout=self._shutdown_timeout(server))
         spec = self.spec(server)
         self.driver.rebuild(spec)
         if was_running or server.vm_state == states.ERROR:
@@ -446,7 +464,7 @@ class ComputeAgent:
 
     def _resize(self, server: Server) -> None:
         was_running = server.vm_state == states.ACTIVE
-        self.driver.power_off(server.id, timeout=self.settings.compute.shutdown_timeout)
+        self.driver.power_off(server.id, timeout=self._shutdown_timeout(server))
         spec = self.spec(server)
         self.driver.resize_disks(spec)
         self.driver.power_on(spec)
@@ -460,7 +478,7 @@ class ComputeAgent:
         self._finish(server.id, vm_state=states.ACTIVE, task_state=None)
 
     def _revert_resize(self, server: Server) -> None:
-        self.driver.power_off(server.id, timeout=self.settings.compute.shutdown_timeout)
+        self.driver.power_off(server.id, timeout=self._shutdown_timeout(server))
         spec = self.spec(server)
         if hasattr(self.driver, "revert_resize"):
             self.driver.revert_resize(spec)

@@ -616,3 +616,15 @@ def _public(method: str, path: str) -> bool:
 def build_app(api: ComputeApi, *, validator):
     return build_service_app("compute", api.routes(), dialect=NovaDialect(),
                              validator=validator, auth_required=True, public=_public)
+
+
+def network_addresses(network) -> Callable[[list[str]], dict]:
+    """Nova's `addresses` from the network service's view of server ports."""
+    def addresses(server_ids: list[str]) -> dict:
+        raw = network.server_addresses(server_ids)
+        return {sid: {net: [{"version": a["version"], "addr": a["addr"],
+                             "OS-EXT-IPS:type": a.get("type", "fixed"),
+                             "OS-EXT-IPS-MAC:mac_addr": a.get("mac")} for a in items]
+                      for net, items in nets.items()}
+                for sid, nets in raw.items()}
+    return addresses

@@ -80,6 +80,8 @@ def register_tiny(db: Database, settings, *, identity, image, cache_dir: Path,
                                        "ramdisk_id": ramdisk_id,
                                        "os_command_line": built.cmdline,
                                        "hw_rng_model": "virtio",
+                                       # no acpid in the guest: power-off is a hard stop
+                                       "os_shutdown_timeout": "2",
                                        "architecture": "x86_64", "os_distro": "tiny"})
     from stackbox.image.schemas import PatchOp
     for old in existing:     # an older build keeps serving its servers under another name

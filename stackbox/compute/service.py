@@ -176,6 +176,10 @@ class ComputeService:
                 raise BadRequest("User data needs to be valid base 64.", field="user_data")
         if req.min_count > req.max_count:
             raise BadRequest("min_count must be <= max_count.", field="min_count")
+        plan = self._plan_networks(ctx, req.networks)
+        if len(plan) and any("port_id" in p for p in plan) and req.max_count > 1:
+            raise BadRequest("Unable to launch multiple instances with a single configured "
+                             "port ID.", field="networks")
         key_data = None
         if req.key_name:
             try:
@@ -244,7 +248,7 @@ class ComputeService:
                 server = Server(
                     id=str(uuid.uuid4()), project_id=ctx.project_id, user_id=ctx.user_id,
                     name=name, hostname=hostname, description=req.description,
-                    vm_state=states.BUILDING, task_state=states.SPAWNING, power_state=0,
+                    vm_state=states.BUILDING, task_state=states.NETWORKING, power_state=0,
                     task_args={}, flavor=flavor_snap, image_id=img.id, image_meta=image_meta,
                     key_name=req.key_name, key_data=key_data, user_data=req.user_data,
                     config_drive=req.config_drive, metadata_=dict(req.metadata),
@@ -269,8 +273,71 @@ class ComputeService:
                 if group is not None:
                     group.members = [*group.members, server.id]
                 servers.append(server)
+        for server in servers:
+            if server.host_id is not None:
+                self._bind_ports(ctx, server, plan)
         self.wake()
         return servers
+
+    def _plan_networks(self, ctx: RequestContext, networks) -> list[dict]:
+        """Check the requested networks before anything is created."""
+        if networks == "none":
+            return []
+        if self.network is None:
+            if networks == "auto":
+                return []
+            raise BadRequest("This cloud has no network service; use networks 'none'.",
+                             field="networks")
+        if networks == "auto":
+            nets = [n for n in self.network.list_networks(ctx)
+                    if not n.get("router:external") and n.get("status", "ACTIVE") == "ACTIVE"
+                    and (n.get("project_id") == ctx.project_id or n.get("shared"))]
+            own = [n for n in nets if n.get("project_id") == ctx.project_id]
+            nets = own or nets
+            if len(nets) > 1:
+                raise Conflict("Multiple possible networks found, use a Network ID to be more "
+                               "specific.")
+            return [{"network_id": n["id"]} for n in nets]
+        plan = []
+        for item in networks:
+            if item.get("port"):
+                plan.append({"port_id": item["port"]})
+                continue
+            try:
+                self.network.get_network(ctx, item["uuid"])
+            except NotFound:
+                raise BadRequest(f"Network {item['uuid']} could not be found.",
+                                 field="networks")
+            plan.append({"network_id": item["uuid"], "fixed_ip": item.get("fixed_ip")})
+        return plan
+
+    def _bind_ports(self, ctx: RequestContext, server: Server, plan: list[dict]) -> None:
+        """Ports for the server's NICs, then the boot may start. A port that
+        cannot be made (address taken, quota) fails the server with a fault."""
+        try:
+            for item in plan:
+                self.network.create_server_port(
+                    ctx, server_id=server.id, host_id=server.host_id,
+                    network_id=item.get("network_id"), port_id=item.get("port_id"),
+                    fixed_ip=item.get("fixed_ip"),
+                    security_groups=None if server.security_groups == ["default"]
+                    else server.security_groups, hostname=server.hostname)
+            fields = {"task_state": states.SPAWNING}
+        except Exception as e:
+            if self.network is not None:
+                self.network.delete_server_ports(server.id)
+            message = getattr(e, "message", str(e))
+            fields = {"task_state": None, "vm_state": states.ERROR,
+                      "fault": {"code": 500, "message": f"Build of instance {server.id} "
+                                f"aborted: {message}"[:255], "details": "",
+                                "created": utcnow().isoformat()}}
+        with self.db.transaction() as s:
+            row = s.get(Server, server.id)
+            if row is not None:
+                for k, v in fields.items():
+                    setattr(row, k, v)
+                row.updated_at = utcnow()
+                server.task_state, server.vm_state = row.task_state, row.vm_state
 
     # -- read ------------------------------------------------------------------------------
     def list_servers(self, ctx: RequestContext, q: ListQuery) -> list[Server]:
@@ -368,6 +435,8 @@ class ComputeService:
             self._record_action(s, ctx, server, "delete")
             if server.host_id is None:
                 self._purge(s, server)
+                if self.network is not None:
+                    self.network.delete_server_ports(server.id)
                 return
             server.task_state = states.DELETING
             server.updated_at = utcnow()

@@ -8,6 +8,7 @@ BUILDING, ACTIVE, STOPPED, PAUSED, SUSPENDED = "building", "active", "stopped", 
 RESIZED, ERROR, DELETED = "resized", "error", "deleted"
 
 # task_state values (Nova's names)
+NETWORKING = "networking"     # the API is binding ports; the agent waits
 SPAWNING = "spawning"
 DELETING = "deleting"
 POWERING_OFF, POWERING_ON = "powering-off", "powering-on"
@@ -22,7 +23,7 @@ IMAGE_SNAPSHOT = "image_snapshot"
 POWER = {"nostate": 0, "running": 1, "paused": 3, "shutdown": 4, "crashed": 6,
          "suspended": 7}
 
-_TASK_STATUS = {REBOOTING: "REBOOT", REBOOTING_HARD: "HARD_REBOOT", REBUILDING: "REBUILD",
+_TASK_STATUS = {NETWORKING: "BUILD", REBOOTING: "REBOOT", REBOOTING_HARD: "HARD_REBOOT", REBUILDING: "REBUILD",
                 RESIZE_PREP: "RESIZE", RESIZE_REVERTING: "REVERT_RESIZE",
                 DELETING: None}
 _VM_STATUS = {BUILDING: "BUILD", ACTIVE: "ACTIVE", STOPPED: "SHUTOFF", PAUSED: "PAUSED",

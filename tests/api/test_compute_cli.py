@@ -367,3 +367,40 @@ def test_user_data_runs_in_the_guest(cloud, tmp_path, unique):
     shown = cloud.openstack("server", "show", name)
     assert base64.b64decode(shown["OS-EXT-SRV-ATTR:user_data"]).startswith(b"#!/bin/sh")
     cloud.openstack("server", "delete", "--wait", name, cloud=DEMO, as_json=False)
+
+
+def test_remote_consoles_work_with_no_configuration(cloud, unique):
+    """`console url show` gives a noVNC page whose websocket reaches the VM's
+    VNC server, and a serial websocket; each URL works once."""
+    import asyncio
+    import urllib.parse
+
+    import requests
+    from websockets.asyncio.client import connect
+
+    name = unique("vm")
+    cloud.openstack("server", "create", "--image", "tiny", "--flavor", "c1.tiny", "--nic",
+                    "none", "--wait", name, cloud=DEMO)
+    url = cloud.openstack("console", "url", "show", "--novnc", name, cloud=DEMO)["url"]
+    page = requests.get(url, timeout=10)
+    assert page.status_code == 200 and "noVNC" in page.text
+    parts = urllib.parse.urlsplit(url)
+    token_path = urllib.parse.parse_qs(parts.query)["path"][0]       # "?token=..."
+    ws_url = f"ws://{parts.netloc}/{token_path}"
+
+    async def banner(u):
+        async with connect(u, subprotocols=["binary"]) as ws:
+            return await asyncio.wait_for(ws.recv(), 20)
+    assert asyncio.run(banner(ws_url))[:12] == b"RFB 003.008\n"
+    with pytest.raises(Exception):
+        asyncio.run(banner(ws_url))          # one-time token
+    serial = cloud.openstack("console", "url", "show", "--serial", name, cloud=DEMO)["url"]
+    assert serial.startswith("ws://") and "/serial?token=" in serial
+
+    async def serial_text(u):
+        async with connect(u) as ws:
+            await ws.send("\n")
+            data = await asyncio.wait_for(ws.recv(), 20)
+            return data if isinstance(data, str) else data.decode(errors="replace")
+    assert asyncio.run(serial_text(serial))
+    cloud.openstack("server", "delete", "--wait", name, cloud=DEMO, as_json=False)

@@ -18,7 +18,11 @@ DEMO = "stackbox-demo"
 
 
 @pytest.fixture
-def own_cloud(tmp_path):
+def own_cloud():
+    import shutil
+    import tempfile
+    from pathlib import Path
+    tmp_path = Path(tempfile.mkdtemp(prefix="sbx-f-"))
     c = Cloud(tmp_path, "sqlite", "")
     c.start()
     try:
@@ -28,6 +32,7 @@ def own_cloud(tmp_path):
         for line in subprocess.run(["pgrep", "-f", f"qemu-system.*{tmp_path}"],
                                    capture_output=True, text=True).stdout.split():
             os.kill(int(line), signal.SIGKILL)
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def _pid(cloud) -> int:
