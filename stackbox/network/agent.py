@@ -16,12 +16,13 @@ alone. `cleanup_all(everything=True)` is the host-wide purge.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Iterable, Mapping, Protocol
 
 from stackbox.common.fsutil import atomic_write
 from stackbox.network import hoststate
@@ -37,20 +38,25 @@ NETNS_PREFIXES = ("sbx-dhcp-", "sbx-r-")
 
 
 class MetadataPlumbing(Protocol):
-    """How the metadata service is reached from a namespace the agent owns
-    (the metadata service implements it; see docs/network-agent.md)."""
+    """How guests reach the metadata service from a namespace the agent owns
+    (stackbox.metadata.plumbing.MetadataPlumbing implements it). Both calls
+    are idempotent; the agent makes them on every pass."""
 
-    def ensure_metadata(self, namespace: str, network_id: str) -> None: ...
+    def ensure(self, namespace: str, networks: Mapping[str, Iterable[str]] | str) -> bool:
+        """Serve 169.254.169.254:80 in `namespace`: for one network id (a
+        DHCP namespace) or {network id: subnet cidrs} (a router namespace,
+        where the source address picks the network)."""
 
-    def remove_metadata(self, namespace: str) -> None: ...
+    def remove(self, namespace: str) -> bool:
+        """Stop serving in `namespace` (which may already be gone)."""
 
 
 class NoMetadata:
-    def ensure_metadata(self, namespace: str, network_id: str) -> None:
-        pass
+    def ensure(self, namespace, networks) -> bool:
+        return False
 
-    def remove_metadata(self, namespace: str) -> None:
-        pass
+    def remove(self, namespace: str) -> bool:
+        return False
 
 
 def dhcp_veth(network_id: str) -> str:
@@ -210,7 +216,7 @@ class NetworkAgent:
         if did != "unchanged":
             report.change(f"dnsmasq for network {net.id} {did}")
         if not net.has_router:
-            self.metadata.ensure_metadata(ns, net.id)
+            self._metadata(ns, net.id, report)
 
     def _routers(self, state: HostState, bridges: dict[str, str], report: Report,
                  keep: "_Keep") -> None:
@@ -263,8 +269,21 @@ class NetworkAgent:
                 host.delete_link(name, ns)
         router.sync_routes(ns, router.desired_routes(r))
         self._apply_table(ns, router.NAT_TABLE, "ip", router.nat_ruleset(r), report)
+        networks: dict[str, list[str]] = {}
         for itf in r.interfaces:
-            self.metadata.ensure_metadata(ns, itf.network_id)
+            cidr = str(ipaddress.ip_interface(f"{itf.ip}/{itf.prefixlen}").network)
+            networks.setdefault(itf.network_id, []).append(cidr)
+        if networks:
+            self._metadata(ns, networks, report)
+
+    def _metadata(self, ns: str, networks, report: Report) -> None:
+        # Metadata trouble must not hold up addresses and routes: report it
+        # and let the next pass try again.
+        try:
+            if self.metadata.ensure(ns, networks):
+                report.change(f"metadata served in {ns}")
+        except Exception as e:
+            report.error(f"metadata in {ns}", e)
 
     def _security(self, state: HostState, bridges: dict[str, str], report: Report,
                   keep: "_Keep") -> None:
@@ -325,7 +344,10 @@ class NetworkAgent:
             report.change(f"remove nft table {table}")
 
     def _remove_netns(self, ns: str, report: Report) -> None:
-        self.metadata.remove_metadata(ns)
+        try:
+            self.metadata.remove(ns)
+        except Exception as e:
+            report.error(f"metadata in {ns}", e)
         if ns.startswith("sbx-dhcp-"):
             for net_id in self.dnsmasq.known():
                 if hoststate.dhcp_namespace(net_id) == ns:

@@ -176,6 +176,11 @@ def render(network: NetworkState, directory: Path) -> Files:
                  opts_file(network))
 
 
+def _write_readable(path: Path, text: str) -> None:
+    atomic_write(path, text.encode())
+    path.chmod(0o644)
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -217,12 +222,16 @@ class Dnsmasq:
         """Converge files and process; returns what it did (for the log)."""
         d = self.directory(network.id)
         d.mkdir(parents=True, exist_ok=True)
+        # dnsmasq reads the hosts and options files after dropping root
+        # (to nobody), on start and on every SIGHUP.
+        for path in (self.root, d):
+            path.chmod(0o755)
         files = render(network, d)
         conf_changed = _read(d / "dnsmasq.conf") != files.conf
         reload = False
         for name, text in (("hosts", files.hosts), ("opts", files.opts)):
             if _read(d / name) != text:
-                atomic_write(d / name, text.encode())
+                _write_readable(d / name, text)
                 reload = True
         if conf_changed:
             atomic_write(d / "dnsmasq.conf", files.conf.encode())

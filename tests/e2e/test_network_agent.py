@@ -1,0 +1,360 @@
+"""The network agent against real Linux networking and real guests.
+
+The desired state is a HostState built by hand (no API). The test plays the
+other parts: it creates the taps compute would create, an external bridge
+(the operator's `br-ex`, connected to nothing) with an "outside world"
+namespace on it, and boots two tiny guests on one private network behind a
+router. Every name carries random ids, and everything is removed in
+finalizers, pass or fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from stackbox.guest import configdrive
+from stackbox.network import hoststate as hs
+from stackbox.network.agent import NetworkAgent
+from stackbox.network.linux import host
+from tests.e2e import guests
+from tests.e2e.guests import MARK, die_with_parent
+
+pytestmark = pytest.mark.e2e
+
+PRIVATE = "10.93.0"
+OUTSIDE = "198.51.100"        # TEST-NET-2, only ever inside the test's bridge
+FIP = f"{OUTSIDE}.50"
+ROUTER_GW = f"{OUTSIDE}.10"
+
+
+def uid() -> str:
+    return str(uuid.uuid4())
+
+
+def sh(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check,
+                          timeout=timeout)
+
+
+def _need_host_tools():
+    if os.geteuid() != 0:
+        pytest.skip("needs root for bridges and namespaces")
+    for tool in ("ip", "nft", "ethtool", "ping"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} not installed")
+    if not (shutil.which("dnsmasq") or os.path.exists("/usr/sbin/dnsmasq")):
+        pytest.skip("dnsmasq not installed")
+
+
+class World:
+    """Ids, the desired state, and the test's own host objects."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.suffix = uuid.uuid4().hex[:6]
+        self.physnet = f"ext-{self.suffix}"
+        self.ext_bridge = f"sbx-x{self.suffix}"
+        self.outside = f"sbx-o{self.suffix}"       # namespace and its veth's host end
+        self.net, self.sub = uid(), uid()
+        self.ext, self.ext_sub = uid(), uid()
+        self.dhcp_port = hs.PortState(
+            id=uid(), network_id=self.net, mac="fa:16:3e:5e:00:02",
+            fixed_ips=((self.sub, f"{PRIVATE}.2"),), device_owner="network:dhcp",
+            device_id="dhcp")
+        self.sg = uid()
+        self.vm_ports = [hs.PortState(
+            id=uid(), network_id=self.net, mac=f"fa:16:3e:5e:00:{11 + i:02x}",
+            fixed_ips=((self.sub, f"{PRIVATE}.{11 + i}"),), device_owner="compute:nova",
+            device_id=uid(), hostname=f"vm{i}", security_group_ids=(self.sg,))
+            for i in range(2)]
+        self.router_port = uid()
+        self.router = hs.RouterState(
+            id=uid(), gateway_network_id=self.ext, gateway_ip=ROUTER_GW,
+            gateway_prefixlen=24, gateway_mac="fa:16:3e:5e:01:01",
+            external_gateway=f"{OUTSIDE}.1",
+            interfaces=(hs.RouterInterfaceState(
+                port_id=self.router_port, network_id=self.net, mac="fa:16:3e:5e:00:01",
+                ip=f"{PRIVATE}.1", prefixlen=24),),
+            floating_ips=(hs.FloatingIpState(id=uid(), floating_ip=FIP,
+                                             fixed_ip=f"{PRIVATE}.11",
+                                             port_id=self.vm_ports[0].id),))
+        self.rules = [
+            hs.SecurityGroupRuleState(id=uid(), direction="egress", ethertype="IPv4",
+                                      protocol=None),
+            hs.SecurityGroupRuleState(id=uid(), direction="ingress", ethertype="IPv4",
+                                      protocol="tcp", port_range_min=22, port_range_max=22,
+                                      remote_ip_prefix="0.0.0.0/0"),
+        ]
+        self.present = True
+
+    # --- desired state -----------------------------------------------------------
+
+    def state(self) -> hs.HostState:
+        if not self.present:
+            return hs.HostState(host_id="test")
+        private = hs.NetworkState(
+            id=self.net, mtu=1450, network_type="local", has_router=True,
+            subnets=(hs.SubnetState(id=self.sub, cidr=f"{PRIVATE}.0/24", ip_version=4,
+                                    gateway_ip=f"{PRIVATE}.1", enable_dhcp=True),),
+            ports=(self.dhcp_port, *self.vm_ports))
+        external = hs.NetworkState(
+            id=self.ext, mtu=1500, network_type="flat", physical_network=self.physnet,
+            external=True,
+            subnets=(hs.SubnetState(id=self.ext_sub, cidr=f"{OUTSIDE}.0/24", ip_version=4,
+                                    gateway_ip=f"{OUTSIDE}.1", enable_dhcp=False),))
+        group = hs.SecurityGroupState(
+            id=self.sg, rules=tuple(self.rules),
+            member_ips=tuple(ip for p in self.vm_ports for _, ip in p.fixed_ips))
+        return hs.HostState(host_id="test", networks=(private, external),
+                            routers=(self.router,), security_groups=(group,),
+                            bound_ports=tuple(self.vm_ports))
+
+    def ids(self) -> list[str]:
+        return [self.net, self.ext, self.router.id, self.router_port, self.dhcp_port.id,
+                *(p.id for p in self.vm_ports)]
+
+    def leftovers(self) -> list[str]:
+        """Host objects named after any of this test's ids."""
+        marks = {i.replace("-", "")[:7] for i in self.ids()}
+        found = [f"link {n}" for n in host.links() if n.startswith("sbx")]
+        found += [f"netns {n}" for n in host.netns_names() if n.startswith("sbx")]
+        found += [f"nft {f} {n}" for f, n in host.nft_tables() if n.startswith("sbx")]
+        return [f for f in found if any(m in f.replace("-", "") for m in marks)]
+
+
+@pytest.fixture
+def world(workdir):
+    _need_host_tools()
+    # dnsmasq reads its hosts file as `nobody`: the path must be traversable.
+    workdir.chmod(0o755)
+    w = World(workdir)
+    procs: list[subprocess.Popen] = []
+    sh("ip", "link", "add", w.ext_bridge, "type", "bridge")
+    sh("ip", "link", "set", w.ext_bridge, "up")
+    sh("ip", "netns", "add", w.outside)
+    agent = NetworkAgent(state_dir=workdir / "agent", desired=w.state,
+                         bridge_mappings={w.physnet: w.ext_bridge})
+    try:
+        sh("ip", "link", "add", w.outside, "type", "veth", "peer", "name", "eth0",
+           "netns", w.outside)
+        sh("ip", "link", "set", w.outside, "master", w.ext_bridge, "up")
+        for cmd in (["link", "set", "lo", "up"], ["link", "set", "eth0", "up"],
+                    ["addr", "add", f"{OUTSIDE}.1/24", "dev", "eth0"]):
+            sh("ip", "-n", w.outside, *cmd)
+        (workdir / "www").mkdir()
+        with open(workdir / "http.log", "wb") as log:
+            procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", w.outside, sys.executable, "-m", "http.server",
+                 "--bind", f"{OUTSIDE}.1", "--directory", str(workdir / "www"), "8000"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=die_with_parent))
+        for port in w.vm_ports:          # what compute does before starting QEMU
+            sh("ip", "tuntap", "add", port.tap, "mode", "tap")
+        w.agent = agent
+        yield w
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        agent.cleanup_all()
+        for port in w.vm_ports:
+            sh("ip", "link", "del", port.tap, check=False)
+        sh("ip", "link", "del", w.outside, check=False)
+        sh("ip", "netns", "del", w.outside, check=False)
+        sh("ip", "link", "del", w.ext_bridge, check=False)
+
+
+def converge(w: World, passes: int = 1):
+    for _ in range(passes):
+        report = w.agent.reconcile_once()
+        assert report.errors == [], report.errors
+    again = w.agent.reconcile_once()
+    assert again.errors == [] and again.changes == [], again
+    return report
+
+
+def config_drive(w: World, i: int, pub: str, user_data: bytes) -> Path:
+    meta = {"uuid": w.vm_ports[i].device_id, "hostname": f"vm{i}",
+            "public_keys": {"testkey": pub}}
+    files = configdrive.openstack_layout(meta, user_data, None, None)
+    return configdrive.build_config_drive(w.workdir / f"cd{i}.iso", files)
+
+
+def ssh_argv(w: World, key: Path, command: str) -> list[str]:
+    return ["ip", "netns", "exec", w.outside, "ssh", "-i", str(key), "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", f"root@{FIP}", command]
+
+
+def on_vm0(w: World, key: Path, command: str, *, tries: int = 3) -> subprocess.CompletedProcess:
+    """Run `command` on the first guest through its floating IP; retried on
+    SSH's own failures (255), never on the command's."""
+    for attempt in range(tries):
+        proc = sh(*ssh_argv(w, key, command), check=False, timeout=90)
+        if proc.returncode != 255:
+            return proc
+        time.sleep(2)
+    return proc
+
+
+def outside_ping(w: World, ip: str) -> bool:
+    proc = sh("ip", "netns", "exec", w.outside, "ping", "-c", "2", "-W", "2", ip, check=False)
+    assert proc.returncode in (0, 1), proc.stderr     # 1: no reply; anything else: broken
+    return proc.returncode == 0
+
+
+def test_two_guests_dhcp_security_groups_floating_ip_snat_and_faults(
+        world, tiny_image, boot, workdir, monkeypatch):
+    w = world
+    if not shutil.which("ssh"):
+        pytest.skip("openssh-client not installed")
+    # The guests live through the whole scenario, not just one boot.
+    monkeypatch.setattr(guests, "BOOT_TIMEOUT", 300)
+    key = workdir / "id_ed25519"
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+    pub = (workdir / "id_ed25519.pub").read_text()
+
+    first = converge(w)
+    assert any("dnsmasq" in c for c in first.changes)
+    for port in w.vm_ports:
+        assert host.links()[port.tap].get("master") == hs.bridge_name(w.net)
+
+    # vm1 keeps asking the outside world for a page: the requests show
+    # the address the router's SNAT gives a guest without a floating IP.
+    poll = (f"#!/bin/sh\n( while true; do timeout 3 wget -q -O /dev/null "
+            f"http://{OUTSIDE}.1:8000/from-vm1; sleep 1; done ) >/dev/null 2>&1 &\n").encode()
+    vms = []
+    for i, port in enumerate(w.vm_ports):
+        iso = config_drive(w, i, pub, poll if i == 1 else b"#!/bin/sh\necho no-op\n")
+        vms.append(boot(tiny_image, [
+            "-netdev", f"tap,id=n0,ifname={port.tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=n0,mac={port.mac}",
+            "-drive", f"file={iso},media=cdrom,if=ide,readonly=on"]))
+    for i, vm in enumerate(vms):
+        took = vm.wait_for(f"{MARK} network eth0 {PRIVATE}.{11 + i}/24", 240)
+        print(f"vm{i} got its DHCP address {took:.1f} s after spawn")
+        vm.wait_for(f"{MARK} ready", 240)
+
+    # SSH through the floating IP (DNAT) is allowed by the tcp/22 rule.
+    proc = on_vm0(w, key, "hostname; ip route")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "vm0"
+    assert f"default via {PRIVATE}.1" in proc.stdout
+
+    # No ICMP rule yet: vm0 cannot ping vm1, the outside cannot ping vm0.
+    ping_vm1 = f"ping -c 2 -W 2 {PRIVATE}.12"
+    assert on_vm0(w, key, ping_vm1).returncode == 1
+    assert not outside_ping(w, FIP)
+
+    # ICMP from members of the group: vm0 -> vm1 works, the outside still not.
+    w.rules.append(hs.SecurityGroupRuleState(id=uid(), direction="ingress",
+                                             ethertype="IPv4", protocol="icmp",
+                                             remote_group_id=w.sg))
+    converge(w)
+    assert on_vm0(w, key, ping_vm1).returncode == 0
+    assert not outside_ping(w, FIP)
+    w.rules.append(hs.SecurityGroupRuleState(id=uid(), direction="ingress",
+                                             ethertype="IPv4", protocol="icmp",
+                                             remote_ip_prefix="0.0.0.0/0"))
+    converge(w)
+    assert outside_ping(w, FIP)
+
+    # Outbound: vm0 leaves as its floating IP, vm1 as the router's gateway.
+    proc = on_vm0(w, key, f"timeout 5 wget -q -O /dev/null http://{OUTSIDE}.1:8000/from-vm0")
+    http_log = lambda: (workdir / "http.log").read_text(errors="replace")  # noqa: E731
+    assert re.search(rf"^{re.escape(FIP)} .*GET /from-vm0", http_log(), re.M), http_log()
+    deadline = time.monotonic() + 60
+    while not re.search(rf"^{re.escape(ROUTER_GW)} .*GET /from-vm1", http_log(), re.M):
+        assert time.monotonic() < deadline, http_log()
+        time.sleep(1)
+
+    # Faults: each repaired by the next pass.
+    bridge = hs.bridge_name(w.net)
+    sh("ip", "link", "del", bridge)
+    converge(w)
+    assert host.links()[w.vm_ports[1].tap].get("master") == bridge
+    assert on_vm0(w, key, ping_vm1).returncode == 0
+
+    ns = hs.dhcp_namespace(w.net)
+    pid_before = w.agent.dnsmasq.pid(w.net)
+    sh("ip", "netns", "del", ns)
+    converge(w)
+    pid_after = w.agent.dnsmasq.pid(w.net, ns)
+    assert pid_after and pid_after != pid_before
+    assert not os.path.exists(f"/proc/{pid_before}/cmdline") or \
+        b"dnsmasq" not in Path(f"/proc/{pid_before}/cmdline").read_bytes()
+
+    os.kill(pid_after, 9)
+    time.sleep(0.2)
+    converge(w)
+    assert w.agent.dnsmasq.pid(w.net, ns) not in (None, pid_after)
+    # A fresh DHCP exchange from the guest is answered by the new dnsmasq.
+    proc = on_vm0(w, key, "udhcpc -n -q -t 4 -T 2 -i eth0 -s /bin/true")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    sh("ip", "netns", "del", hs.router_namespace(w.router.id))
+    converge(w)
+    assert outside_ping(w, FIP)
+
+    # A restarted agent adopts everything and changes nothing.
+    fresh = NetworkAgent(state_dir=workdir / "agent", desired=w.state,
+                         bridge_mappings={w.physnet: w.ext_bridge})
+    fresh.reconcile_once()
+    assert fresh.reconcile_once().changes == []
+
+    # The network and router leave the desired state: nothing is left.
+    w.present = False
+    for vm in vms:
+        vm.kill()
+    report = w.agent.reconcile_once()
+    assert report.errors == []
+    assert w.leftovers() == [f"link {p.tap}" for p in w.vm_ports], w.leftovers()
+    assert list((workdir / "agent" / "dhcp").iterdir()) == []
+    assert w.ext_bridge in host.links()          # the operator's bridge stays
+
+
+def test_isolated_network_converges_and_leaves_nothing(world):
+    """No guests: a network without a router, its DHCP namespace and
+    options, a tap plugged late, and removal."""
+    w = world
+    w.router = replace(w.router, interfaces=(), floating_ips=(), gateway_ip=None,
+                       gateway_network_id=None)
+    state = w.state()
+    private = replace(state.networks[0], has_router=False)
+    state = replace(state, networks=(private,), routers=())
+    agent = NetworkAgent(state_dir=w.workdir / "iso", desired=lambda: state)
+    try:
+        report = agent.reconcile_once()
+        assert report.errors == [], report.errors
+        ns = hs.dhcp_namespace(w.net)
+        assert ns in host.netns_names()
+        assert host.addresses("sbx-dhcp0", ns) == {f"{PRIVATE}.2/24"}
+        opts = (agent.dnsmasq.directory(w.net) / "opts").read_text()
+        assert f"classless-static-route,169.254.169.254/32,{PRIVATE}.2,0.0.0.0/0,{PRIVATE}.1" in opts
+        # A guest port's table is in place before its tap exists.
+        tables = host.nft_tables()
+        for port in w.vm_ports:
+            assert ("inet", f"sbx-p-{port.id.replace('-', '')[:8]}") in tables
+            assert ("bridge", f"sbx-p-{port.id.replace('-', '')[:8]}") in tables
+        assert agent.reconcile_once().changes == []
+        state = replace(state, networks=(), bound_ports=())
+        report = agent.reconcile_once()
+        assert report.errors == []
+        assert ns not in host.netns_names()
+        assert hs.bridge_name(w.net) not in host.links()
+        assert not any(n.startswith("sbx-p-") and n[6:] in
+                       {p.id.replace("-", "")[:8] for p in w.vm_ports}
+                       for _, n in host.nft_tables())
+    finally:
+        agent.cleanup_all()
