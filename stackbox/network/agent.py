@@ -164,12 +164,11 @@ class NetworkAgent:
                 taps.setdefault(port.tap, port)
         for net in state.networks:
             try:
-                p = bridge.plan(net, self.mappings,
-                                lambda n: host.link_kind(links.get(n, {})) == "bridge")
+                p = bridge.plan(net, self.mappings, lambda n: (
+                    host.link_kind(links[n]) if n in links else None))
+                keep.link(p.bridge)
                 if p.owned and p.bridge not in links:
                     report.change(f"bridge {p.bridge} for network {net.id}")
-                if p.owned:
-                    keep.link(p.bridge)
                     self.ledger.add("links", p.bridge)
                 if p.vlan:
                     keep.link(p.vlan[0])

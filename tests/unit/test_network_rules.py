@@ -274,14 +274,16 @@ def test_router_routes_and_addresses():
 # --- bridges and mappings ----------------------------------------------------------
 
 def test_bridge_plans():
-    mappings = {"physnet1": "br-ex", "physnet2": "eth9"}
-    is_bridge = {"br-ex"}.__contains__
+    mappings = {"physnet1": "br-ex", "physnet2": "eth9", "physnet3": "sbx-br-ex"}
+    is_bridge = {"br-ex": "bridge", "eth9": ""}.get
     assert bridge.plan(network(), mappings, is_bridge) == bridge.BridgePlan("sbx-br-11111111", True)
     flat_br = NetworkState(id=NET, mtu=1500, network_type="flat", physical_network="physnet1")
     assert bridge.plan(flat_br, mappings, is_bridge) == bridge.BridgePlan("br-ex", False)
     flat_if = NetworkState(id=NET, mtu=1500, network_type="flat", physical_network="physnet2")
     assert bridge.plan(flat_if, mappings, is_bridge) == \
         bridge.BridgePlan("sbx-br-11111111", True, uplink="eth9")
+    missing = NetworkState(id=NET, mtu=1500, network_type="flat", physical_network="physnet3")
+    assert bridge.plan(missing, mappings, is_bridge) == bridge.BridgePlan("sbx-br-ex", True)
     vlan = NetworkState(id=NET, mtu=1500, network_type="vlan", physical_network="physnet2",
                         segmentation_id=42)
     assert bridge.plan(vlan, mappings, is_bridge) == \
@@ -291,10 +293,10 @@ def test_bridge_plans():
 def test_bridge_plan_errors_name_the_problem():
     with pytest.raises(bridge.MappingError, match="physnet9.*not in bridge_mappings"):
         bridge.plan(NetworkState(id=NET, mtu=1500, network_type="flat",
-                                 physical_network="physnet9"), {"physnet1": "br"}, bool)
+                                 physical_network="physnet9"), {"physnet1": "br"}, lambda n: None)
     with pytest.raises(bridge.MappingError, match="VLAN id 4095"):
         bridge.plan(NetworkState(id=NET, mtu=1500, network_type="vlan", physical_network="p",
-                                 segmentation_id=4095), {"p": "eth9"}, lambda n: False)
+                                 segmentation_id=4095), {"p": "eth9"}, lambda n: "")
 
 
 def test_parse_mappings_spellings():

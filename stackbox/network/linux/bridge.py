@@ -3,8 +3,9 @@ and veths plugged into their bridges.
 
 - local / vxlan (single host for now): `sbx-br-<net>`, no uplink.
 - flat on a mapped *bridge* (`bridge_mappings = {physnet1 = "br-ex"}`): that
-  bridge is the network's bridge; it belongs to the operator, so the agent
-  never creates or deletes it.
+  bridge is the network's bridge. If it exists it belongs to the operator and
+  the agent never deletes it; if it does not, the agent creates it (and
+  then owns it), which is how the default `public = "sbx-br-ex"` appears.
 - flat on a mapped *interface*: `sbx-br-<net>` with the interface enslaved.
 - vlan: `sbx-br-<net>` with a VLAN sub-interface `sbx-vl-<net>` of the mapped
   interface (or bridge) and the segmentation id.
@@ -42,7 +43,9 @@ def vlan_device(network_id: str) -> str:
 
 
 def plan(network: NetworkState, mappings: Mapping[str, str],
-         is_bridge: Callable[[str], bool]) -> BridgePlan:
+         kind: Callable[[str], str | None]) -> BridgePlan:
+    """`kind(name)` tells what exists on the host: a link kind ("bridge",
+    "" for a plain interface) or None when there is no such interface."""
     own = names.ifname(network.bridge)
     if network.network_type in ("local", "vxlan") or not network.physical_network:
         if network.network_type in ("flat", "vlan"):
@@ -56,8 +59,11 @@ def plan(network: NetworkState, mappings: Mapping[str, str],
             f"in bridge_mappings (known: {', '.join(sorted(mappings)) or 'none'})")
     target = names.ifname(target)
     if network.network_type == "flat":
-        if is_bridge(target):
+        found = kind(target)
+        if found == "bridge":
             return BridgePlan(target, False)
+        if found is None:
+            return BridgePlan(target, True)
         return BridgePlan(own, True, uplink=target)
     if network.network_type == "vlan":
         vid = network.segmentation_id
