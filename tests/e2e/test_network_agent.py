@@ -358,3 +358,71 @@ def test_isolated_network_converges_and_leaves_nothing(world):
                        for _, n in host.nft_tables())
     finally:
         agent.cleanup_all()
+
+
+class StaticMetadata:
+    """Stands in for stackbox.metadata.plumbing: serves fixed files on
+    169.254.169.254:80 inside the namespaces the agent asks for."""
+
+    def __init__(self, docroot: Path, logdir: Path):
+        self.docroot, self.logdir = docroot, logdir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.calls: list[tuple[str, object]] = []
+
+    def ensure(self, namespace, networks) -> bool:
+        self.calls.append((namespace, networks))
+        if namespace in self.procs and self.procs[namespace].poll() is None:
+            return False
+        sh("ip", "-n", namespace, "addr", "replace", "169.254.169.254/32", "dev", "lo")
+        with open(self.logdir / f"md-{namespace}.log", "wb") as log:
+            self.procs[namespace] = subprocess.Popen(
+                ["ip", "netns", "exec", namespace, sys.executable, "-m", "http.server",
+                 "--bind", "169.254.169.254", "--directory", str(self.docroot), "80"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, preexec_fn=die_with_parent)
+        return True
+
+    def remove(self, namespace) -> bool:
+        proc = self.procs.pop(namespace, None)
+        if proc is not None:
+            proc.kill()
+            proc.wait(timeout=10)
+        return proc is not None
+
+
+def test_isolated_network_guest_gets_metadata_through_dhcp_namespace(
+        world, tiny_image, boot, workdir):
+    """No router: option 121 routes 169.254.169.254 via the DHCP port, the
+    metadata hook serves it in the DHCP namespace, and a port whose group
+    has no rules at all still gets DHCP and metadata."""
+    w = world
+    port = w.vm_ports[0]
+    meta = {"uuid": port.device_id, "hostname": "isolated"}
+    for rel, body in configdrive.openstack_layout(meta, None, None, None).items():
+        (workdir / "md" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / "md" / rel).write_bytes(body)
+    plumbing = StaticMetadata(workdir / "md", workdir)
+    net = replace(w.state().networks[0], has_router=False, ports=(w.dhcp_port, port))
+    state = hs.HostState(host_id="test", networks=(net,),
+                         security_groups=(hs.SecurityGroupState(id=w.sg),),
+                         bound_ports=(port,))
+    agent = NetworkAgent(state_dir=workdir / "iso-agent", desired=lambda: state,
+                         metadata=plumbing)
+    try:
+        report = agent.reconcile_once()
+        assert report.errors == [], report.errors
+        ns = hs.dhcp_namespace(w.net)
+        assert plumbing.calls[-1] == (ns, w.net)
+        vm = boot(tiny_image, [
+            "-netdev", f"tap,id=n0,ifname={port.tap},script=no,downscript=no",
+            "-device", f"virtio-net-pci,netdev=n0,mac={port.mac}"])
+        vm.wait_for(f"{MARK} network eth0 {PRIVATE}.11/24", 240)
+        took = vm.wait_for(f"{MARK} metadata source=metadata-service uuid={port.device_id}", 240)
+        print(f"isolated guest had its metadata {took:.1f} s after spawn")
+        state = hs.HostState(host_id="test")
+        assert agent.reconcile_once().errors == []
+        assert ns not in plumbing.procs and ns not in host.netns_names()
+    finally:
+        agent.cleanup_all()
+        for namespace in list(plumbing.procs):
+            plumbing.remove(namespace)
