@@ -128,6 +128,7 @@ class NetworkAgent:
         self._applied: dict[tuple[str | None, str], str] = {}   # (netns, table) -> digest
         self._lock = threading.Lock()
         self._table_cache: dict[str | None, set[tuple[str, str]]] = {}
+        self._forwarding: dict[str, int | None] = {}
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -234,7 +235,12 @@ class NetworkAgent:
         self.ledger.add("netns", ns)
         if host.ensure_netns(ns):
             report.change(f"namespace {ns}")
-        router.ensure_forwarding(ns)
+        # sysctls live as long as the namespace: set once per namespace
+        # instance (a namespace made again has a new inode).
+        inode = host.netns_inode(ns)
+        if self._forwarding.get(ns) != inode:
+            router.ensure_forwarding(ns)
+            self._forwarding[ns] = inode
         ns_links = host.links(ns)
         inside = set()
         for itf in r.interfaces:
@@ -290,9 +296,10 @@ class NetworkAgent:
         ports = [p for p in state.bound_ports if secgroup.filtered(p)]
         if ports:
             try:
-                secgroup.ensure_bridge_netfilter()
+                if secgroup.ensure_bridge_netfilter():
+                    report.change("bridged traffic handed to netfilter (br_netfilter)")
             except Exception as e:
-                report.error("bridge netfilter sysctl", e)
+                report.error("security groups", e)
         for port in ports:
             br = bridges.get(port.network_id)
             if br is None:

@@ -22,6 +22,7 @@ create-if-missing, delete, define again, all in one `nft -f` transaction.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Iterable, Mapping
 
 from stackbox.network.hoststate import PortState, SecurityGroupRuleState, SecurityGroupState
@@ -249,11 +250,25 @@ def remove_table(name: str) -> None:
         host.nft_delete_table(family, name)
 
 
-def ensure_bridge_netfilter() -> None:
+BRIDGE_NF = ("/proc/sys/net/bridge/bridge-nf-call-iptables",
+             "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
+
+
+def ensure_bridge_netfilter() -> bool:
     """Stateful filtering of bridged traffic needs the bridge to hand IP
-    packets to the inet hooks (per network namespace since Linux 5.3)."""
-    host.sysctl(None, "net.bridge.bridge-nf-call-iptables", "1")
-    host.sysctl(None, "net.bridge.bridge-nf-call-ip6tables", "1")
+    packets to the inet hooks (br_netfilter; per network namespace since
+    Linux 5.3). Cheap to call every pass: True when it had to switch it on."""
+    changed = False
+    for path in BRIDGE_NF:
+        try:
+            if Path(path).read_text().strip() == "1":
+                continue
+        except FileNotFoundError:
+            raise RuntimeError("br_netfilter is not loaded (modprobe br_netfilter): "
+                               "security groups cannot filter bridged traffic statefully")
+        Path(path).write_text("1\n")
+        changed = True
+    return changed
 
 
 __all__ = ["port_ruleset", "bridge_table", "inet_table", "rule_expr", "table_name",
