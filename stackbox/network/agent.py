@@ -273,7 +273,7 @@ class NetworkAgent:
                 report.change(f"remove {name} from {ns}")
                 host.delete_link(name, ns)
         router.sync_routes(ns, router.desired_routes(r))
-        self._apply_table(ns, router.NAT_TABLE, "ip", router.nat_ruleset(r), report)
+        self._apply_table(ns, router.NAT_TABLE, ("ip",), router.nat_ruleset(r), report)
         networks: dict[str, list[str]] = {}
         for itf in r.interfaces:
             cidr = str(ipaddress.ip_interface(f"{itf.ip}/{itf.prefixlen}").network)
@@ -309,15 +309,16 @@ class NetworkAgent:
             self.ledger.add("tables", table)
             try:
                 script = secgroup.port_ruleset(port, bridge=br, groups=groups)
-                self._apply_table(None, table, "inet", script, report)
+                self._apply_table(None, table, ("bridge", "inet"), script, report)
             except Exception as e:
                 report.error(f"security groups of port {port.id}", e)
 
-    def _apply_table(self, netns: str | None, table: str, family: str, script: str,
-                     report: Report) -> None:
+    def _apply_table(self, netns: str | None, table: str, families: tuple[str, ...],
+                     script: str, report: Report) -> None:
         key = (netns, table)
         digest = secgroup.digest(script)
-        if self._applied.get(key) == digest and (family, table) in self._tables(netns):
+        if self._applied.get(key) == digest and all(
+                (family, table) in self._tables(netns) for family in families):
             return
         host.nft_apply(script, netns)
         self._applied[key] = digest
@@ -359,6 +360,10 @@ class NetworkAgent:
                 if hoststate.dhcp_namespace(net_id) == ns:
                     self.dnsmasq.stop(net_id)
         if ns in host.netns_names():
+            # Nothing may outlive its namespace unseen (a dnsmasq whose
+            # state directory is gone, say): stop whatever still runs in it.
+            for pid in host.netns_pids(ns):
+                dhcp.terminate(pid)
             host.delete_netns(ns)
             report.change(f"remove namespace {ns}")
         self._applied = {k: v for k, v in self._applied.items() if k[0] != ns}

@@ -426,3 +426,85 @@ def test_isolated_network_guest_gets_metadata_through_dhcp_namespace(
         agent.cleanup_all()
         for namespace in list(plumbing.procs):
             plumbing.remove(namespace)
+
+
+def _vlan_supported(parent: str) -> bool:
+    probe = f"sbx-q{uuid.uuid4().hex[:6]}"
+    ok = sh("ip", "link", "add", "link", parent, "name", probe, "type", "vlan", "id", "4000",
+            check=False).returncode == 0
+    sh("ip", "link", "del", probe, check=False)
+    return ok
+
+
+@pytest.mark.parametrize("with_vlan", [False, True], ids=["flat", "vlan"])
+def test_provider_networks_and_several_external_bridges(world, with_vlan):
+    """bridge_mappings: a flat network on a plain interface (one end of a
+    veth pair made by the test) or a VLAN network on it, a flat network on
+    an existing bridge and one on a bridge that does not exist yet (the agent
+    makes it). Removal takes what the agent made, not the operator's devices."""
+    w = world
+    uplink = f"sbx-u{w.suffix}"
+    missing = f"sbx-m{w.suffix}"
+    sh("ip", "link", "add", uplink, "type", "veth", "peer", "name", f"sbx-w{w.suffix}")
+    try:
+        if with_vlan and not _vlan_supported(uplink):
+            pytest.skip("this kernel has no VLAN devices (8021q)")
+        ids = {kind: uid() for kind in ("tenant", "flat_br", "flat_new")}
+        tenant = hs.NetworkState(id=ids["tenant"], mtu=1500, network_type="flat",
+                                 physical_network="tenant")
+        if with_vlan:
+            tenant = replace(tenant, network_type="vlan", segmentation_id=42)
+        nets = (
+            tenant,
+            hs.NetworkState(id=ids["flat_br"], mtu=1500, network_type="flat",
+                            physical_network="public", external=True),
+            hs.NetworkState(id=ids["flat_new"], mtu=1500, network_type="flat",
+                            physical_network="public2", external=True),
+        )
+        state = hs.HostState(host_id="test", networks=nets)
+        agent = NetworkAgent(state_dir=w.workdir / "prov", desired=lambda: state,
+                             bridge_mappings={"tenant": uplink, "public": w.ext_bridge,
+                                              "public2": missing})
+        try:
+            report = agent.reconcile_once()
+            assert report.errors == [], report.errors
+            links = host.links()
+            vlan_dev = f"sbx-vl-{ids['tenant'][:8]}"
+            if with_vlan:
+                assert links[vlan_dev]["linkinfo"]["info_data"]["id"] == 42
+                assert links[vlan_dev]["link"] == uplink
+                assert links[vlan_dev]["master"] == hs.bridge_name(ids["tenant"])
+                assert links[uplink].get("master") is None
+            else:
+                assert links[uplink]["master"] == hs.bridge_name(ids["tenant"])
+            assert hs.bridge_name(ids["flat_br"]) not in links      # uses the mapped bridge
+            assert host.link_kind(links[missing]) == "bridge"
+            assert agent.reconcile_once().changes == []
+
+            state = hs.HostState(host_id="test")
+            assert agent.reconcile_once().errors == []
+            links = host.links()
+            for gone in (vlan_dev, missing, *(hs.bridge_name(i) for i in ids.values())):
+                assert gone not in links, gone
+            assert uplink in links and w.ext_bridge in links
+        finally:
+            agent.cleanup_all()
+    finally:
+        sh("ip", "link", "del", uplink, check=False)
+        sh("ip", "link", "del", missing, check=False)
+
+
+def test_unmapped_physical_network_is_reported_and_others_converge(world):
+    w = world
+    bad = hs.NetworkState(id=uid(), mtu=1500, network_type="flat", physical_network="nowhere")
+    good = hs.NetworkState(id=uid(), mtu=1500, network_type="local")
+    agent = NetworkAgent(state_dir=w.workdir / "bad", desired=lambda: hs.HostState(
+        host_id="test", networks=(bad, good)))
+    try:
+        report = agent.reconcile_once()
+        assert len(report.errors) == 1
+        assert "'nowhere' is not in bridge_mappings" in report.errors[0]
+        assert hs.bridge_name(good.id) in host.links()
+    finally:
+        agent.cleanup_all()
+    assert hs.bridge_name(good.id) not in host.links()

@@ -248,7 +248,7 @@ class Dnsmasq:
     def _kill(self, network_id: str) -> None:
         pid = self.pid(network_id)
         if pid is not None:
-            _terminate(pid)
+            terminate(pid)
 
     def stop(self, network_id: str) -> None:
         self._kill(network_id)
@@ -262,7 +262,7 @@ class Dnsmasq:
             return set()
 
 
-def _terminate(pid: int) -> None:
+def terminate(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

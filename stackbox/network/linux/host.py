@@ -122,6 +122,11 @@ def delete_netns(name: str) -> None:
     ip("netns", "del", name, check=False)
 
 
+def netns_pids(name: str) -> list[int]:
+    out = ip("netns", "pids", name, check=False)
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
 def netns_inode(name: str) -> int | None:
     try:
         return os.stat(NETNS_DIR / name).st_ino
