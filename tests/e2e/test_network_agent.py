@@ -508,3 +508,47 @@ def test_unmapped_physical_network_is_reported_and_others_converge(world):
     finally:
         agent.cleanup_all()
     assert hs.bridge_name(good.id) not in host.links()
+
+
+def test_router_gateway_extra_routes_set_and_cleared(world):
+    """The router namespace: gateway and floating addresses on qg-, the
+    default route, extra routes added (`router set --route`) and removed
+    (`--no-route`) while connected routes stay."""
+    w = world
+    agent = w.agent
+    ns = hs.router_namespace(w.router.id)
+    qg = f"qg-{w.router.id[:8]}"
+    qr = f"qr-{w.router_port[:8]}"
+
+    def routes() -> set[tuple[str, str | None]]:
+        return {(r["dst"], r.get("gateway"))
+                for r in host.ip_json("-4", "route", "show", netns=ns)}
+
+    w.router = replace(w.router, routes=(("192.0.2.0/24", f"{PRIVATE}.254"),
+                                         ("203.0.113.0/25", f"{OUTSIDE}.1")))
+    converge(w)
+    assert host.addresses(qg, ns) == {f"{ROUTER_GW}/24", f"{FIP}/32"}
+    assert host.addresses(qr, ns) == {f"{PRIVATE}.1/24"}
+    assert {("default", f"{OUTSIDE}.1"), ("192.0.2.0/24", f"{PRIVATE}.254"),
+            ("203.0.113.0/25", f"{OUTSIDE}.1")} <= routes()
+    assert outside_ping(w, ROUTER_GW)
+
+    w.router = replace(w.router, routes=(("192.0.2.0/24", f"{PRIVATE}.254"),))
+    converge(w)
+    assert ("203.0.113.0/25", f"{OUTSIDE}.1") not in routes()
+    assert ("192.0.2.0/24", f"{PRIVATE}.254") in routes()
+
+    w.router = replace(w.router, routes=())
+    converge(w)
+    have = routes()
+    assert not any(dst in ("192.0.2.0/24", "203.0.113.0/25") for dst, _ in have), have
+    assert (f"{PRIVATE}.0/24", None) in have and ("default", f"{OUTSIDE}.1") in have
+
+    # Detaching the floating IP and the interface empties NAT and qr-.
+    w.router = replace(w.router, floating_ips=(), interfaces=())
+    converge(w)
+    assert host.addresses(qg, ns) == {f"{ROUTER_GW}/24"}
+    assert qr not in host.links(ns)
+    assert f"sbx-ri-{w.router_port[:8]}" not in host.links()
+    nat = host.nft_table_text("ip", "sbx-router", ns)
+    assert "dnat" not in nat and "snat" not in nat
