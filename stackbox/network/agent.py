@@ -186,7 +186,7 @@ class NetworkAgent:
                 try:
                     if links[tap].get("master") != br:
                         report.change(f"tap {tap} into {br}")
-                    bridge.plug(tap, br, links, mtu=mtu)
+                    bridge.plug(tap, br, links, mtu=mtu, up=port.admin_state_up)
                 except Exception as e:
                     report.error(f"tap {tap}", e)
         for net in state.networks:

@@ -330,6 +330,7 @@ def test_isolated_network_converges_and_leaves_nothing(world):
     w = world
     w.router = replace(w.router, interfaces=(), floating_ips=(), gateway_ip=None,
                        gateway_network_id=None)
+    w.vm_ports[1] = replace(w.vm_ports[1], admin_state_up=False)
     state = w.state()
     private = replace(state.networks[0], has_router=False)
     state = replace(state, networks=(private,), routers=())
@@ -342,12 +343,19 @@ def test_isolated_network_converges_and_leaves_nothing(world):
         assert host.addresses("sbx-dhcp0", ns) == {f"{PRIVATE}.2/24"}
         opts = (agent.dnsmasq.directory(w.net) / "opts").read_text()
         assert f"classless-static-route,169.254.169.254/32,{PRIVATE}.2,0.0.0.0/0,{PRIVATE}.1" in opts
-        # A guest port's table is in place before its tap exists.
+        # Every bound port has its pair of tables.
         tables = host.nft_tables()
         for port in w.vm_ports:
             assert ("inet", f"sbx-p-{port.id.replace('-', '')[:8]}") in tables
             assert ("bridge", f"sbx-p-{port.id.replace('-', '')[:8]}") in tables
         assert agent.reconcile_once().changes == []
+        # Plugged when they appear; a port that is administratively down stays down.
+        links = host.links()
+        assert links[w.vm_ports[0].tap]["master"] == hs.bridge_name(w.net)
+        assert links[w.vm_ports[1].tap]["master"] == hs.bridge_name(w.net)
+        assert host.link_up(links[w.vm_ports[0].tap])
+        assert not host.link_up(links[w.vm_ports[1].tap])
+        assert "fa:16:3e:5e:00:0c" not in (agent.dnsmasq.directory(w.net) / "hosts").read_text()
         state = replace(state, networks=(), bound_ports=())
         report = agent.reconcile_once()
         assert report.errors == []

@@ -98,16 +98,21 @@ def ensure_bridge(p: BridgePlan, mtu: int, links: dict[str, dict]) -> None:
         plug(dev, p.bridge, links, mtu=None)
 
 
-def plug(name: str, bridge: str, links: dict[str, dict], *, mtu: int | None) -> bool:
-    """Put an existing interface into `bridge` and bring it up; False when
-    the interface does not exist (yet)."""
+def plug(name: str, bridge: str, links: dict[str, dict], *, mtu: int | None,
+         up: bool = True) -> bool:
+    """Put an existing interface into `bridge` and bring it up (or keep it
+    down: a port with admin_state_up false); False when the interface does
+    not exist (yet)."""
     rec = links.get(name)
     if rec is None:
         return False
     if rec.get("master") != bridge:
-        host.set_master(name, bridge)
-    elif not host.link_up(rec):
+        host.set_master(name, bridge)     # also brings it up
+        rec = {**rec, "flags": ["UP"]}
+    if up and not host.link_up(rec):
         host.set_up(name)
+    elif not up and host.link_up(rec):
+        host.ip("link", "set", name, "down")
     if mtu is not None and rec.get("mtu") not in (None, mtu):
         host.set_mtu(name, mtu)
     return True
