@@ -129,6 +129,9 @@ class NetworkAgent:
         self._lock = threading.Lock()
         self._table_cache: dict[str | None, set[tuple[str, str]]] = {}
         self._forwarding: dict[str, int | None] = {}
+        self._links: dict[str, dict] = {}
+        self._passes = 0
+        self.verify_every = 12
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -145,7 +148,9 @@ class NetworkAgent:
     def reconcile_once(self) -> Report:
         with self._lock:
             report = Report()
+            self._passes += 1
             self._table_cache = {}
+            self._links = {}
             state = self.desired()
             keep = _Keep()
             bridges = self._networks(state, report, keep)
@@ -178,7 +183,9 @@ class NetworkAgent:
                 bridges[net.id] = p.bridge
             except Exception as e:  # one network must not stop the others
                 report.error(f"network {net.id}", e)
-        links = host.links()
+        if report.changes or report.errors:
+            links = host.links()
+        self._links = links
         for tap, port in taps.items():
             br = bridges.get(port.network_id)
             if br and tap in links:
@@ -209,9 +216,11 @@ class NetworkAgent:
         if host.ensure_netns(ns):
             report.change(f"namespace {ns}")
         port = dhcp.dhcp_port(net)
-        bridge.ensure_veth(veth, ns, dhcp.NS_IFACE, bridge=br, mac=port.mac, mtu=net.mtu,
-                           links=links, ns_links=host.links(ns))
-        host.sync_addresses(dhcp.NS_IFACE, set(dhcp.port_interface_addresses(net)), ns)
+        ns_links = host.links(ns)
+        made = bridge.ensure_veth(veth, ns, dhcp.NS_IFACE, bridge=br, mac=port.mac,
+                                  mtu=net.mtu, links=links, ns_links=ns_links)
+        host.sync_addresses(dhcp.NS_IFACE, set(dhcp.port_interface_addresses(net)), ns,
+                            rec=None if made else ns_links.get(dhcp.NS_IFACE))
         did = self.dnsmasq.ensure(net, ns)
         if did != "unchanged":
             report.change(f"dnsmasq for network {net.id} {did}")
@@ -221,7 +230,7 @@ class NetworkAgent:
     def _routers(self, state: HostState, bridges: dict[str, str], report: Report,
                  keep: "_Keep") -> None:
         mtus = {n.id: n.mtu for n in state.networks}
-        links = host.links()
+        links = self._links
         for r in state.routers:
             try:
                 self._router(r, bridges, mtus, links, report, keep)
@@ -252,10 +261,11 @@ class NetworkAgent:
             keep.link(outer)
             self.ledger.add("links", outer)
             inside.add(inner)
-            bridge.ensure_veth(outer, ns, inner, bridge=br, mac=itf.mac,
-                               mtu=mtus.get(itf.network_id, 1500), links=links,
-                               ns_links=ns_links)
-            host.sync_addresses(inner, {f"{itf.ip}/{itf.prefixlen}"}, ns)
+            made = bridge.ensure_veth(outer, ns, inner, bridge=br, mac=itf.mac,
+                                      mtu=mtus.get(itf.network_id, 1500), links=links,
+                                      ns_links=ns_links)
+            host.sync_addresses(inner, {f"{itf.ip}/{itf.prefixlen}"}, ns,
+                                rec=None if made else ns_links.get(inner))
         if r.gateway_network_id and r.gateway_ip:
             br = bridges.get(r.gateway_network_id)
             if br is None:
@@ -264,16 +274,18 @@ class NetworkAgent:
             keep.link(outer)
             self.ledger.add("links", outer)
             inside.add(inner)
-            bridge.ensure_veth(outer, ns, inner, bridge=br, mac=r.gateway_mac,
-                               mtu=mtus.get(r.gateway_network_id, 1500), links=links,
-                               ns_links=ns_links)
-            host.sync_addresses(inner, router.gateway_addresses(r), ns)
+            made = bridge.ensure_veth(outer, ns, inner, bridge=br, mac=r.gateway_mac,
+                                      mtu=mtus.get(r.gateway_network_id, 1500), links=links,
+                                      ns_links=ns_links)
+            host.sync_addresses(inner, router.gateway_addresses(r), ns,
+                                rec=None if made else ns_links.get(inner))
         for name in ns_links:
             if name.startswith(("qr-", "qg-")) and name not in inside:
                 report.change(f"remove {name} from {ns}")
                 host.delete_link(name, ns)
         router.sync_routes(ns, router.desired_routes(r))
-        self._apply_table(ns, router.NAT_TABLE, ("ip",), router.nat_ruleset(r), report)
+        self._apply_table(ns, router.NAT_TABLE, ("ip",), router.nat_ruleset(r), report,
+                          instance=inode)
         networks: dict[str, list[str]] = {}
         for itf in r.interfaces:
             cidr = str(ipaddress.ip_interface(f"{itf.ip}/{itf.prefixlen}").network)
@@ -314,12 +326,18 @@ class NetworkAgent:
                 report.error(f"security groups of port {port.id}", e)
 
     def _apply_table(self, netns: str | None, table: str, families: tuple[str, ...],
-                     script: str, report: Report) -> None:
+                     script: str, report: Report, *, instance: int | None = None) -> None:
+        """Apply `script` unless this rule set is known to be in place. In the
+        host namespace presence is checked every pass (one `nft` call for all
+        port tables); inside a namespace (an `ip netns exec` each) only when
+        the namespace was made again, and on every `verify_every`-th pass."""
         key = (netns, table)
-        digest = secgroup.digest(script)
-        if self._applied.get(key) == digest and all(
-                (family, table) in self._tables(netns) for family in families):
-            return
+        digest = f"{secgroup.digest(script)}@{instance}"
+        if self._applied.get(key) == digest:
+            if netns is not None and self._passes % self.verify_every:
+                return
+            if all((family, table) in self._tables(netns) for family in families):
+                return
         host.nft_apply(script, netns)
         self._applied[key] = digest
         report.change(f"nft table {table}{' in ' + netns if netns else ''}")
@@ -338,7 +356,8 @@ class NetworkAgent:
         for net_id in sorted(self.dnsmasq.known() - keep.dhcp):
             self.dnsmasq.stop(net_id)
             report.change(f"dnsmasq for network {net_id} stopped")
-        links = host.links()
+        links = host.links() if not self._links else self._links
+        self._links = {}
         for name in sorted(self.ledger.items["links"] - keep.links):
             if name in links:
                 host.delete_link(name)
@@ -374,6 +393,7 @@ class NetworkAgent:
         object of the agent's kinds on the host, whoever made it)."""
         with self._lock:
             report = Report()
+            self._links = {}
             if everything:
                 for ns in host.netns_names():
                     if ns.startswith(NETNS_PREFIXES):

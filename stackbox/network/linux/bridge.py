@@ -119,9 +119,9 @@ def plug(name: str, bridge: str, links: dict[str, dict], *, mtu: int | None,
 
 
 def ensure_veth(host_end: str, netns: str, ns_end: str, *, bridge: str, mac: str | None,
-                mtu: int, links: dict[str, dict], ns_links: dict[str, dict]) -> None:
+                mtu: int, links: dict[str, dict], ns_links: dict[str, dict]) -> bool:
     """A veth pair from `bridge` into `netns`. A half-present pair (one end
-    lost with a deleted namespace) is recreated whole."""
+    lost with a deleted namespace) is recreated whole. True when created."""
     host_end, ns_end = names.ifname(host_end), names.ifname(ns_end)
     present = host_end in links and ns_end in ns_links
     if present and mac and ns_links[ns_end].get("address", "").lower() != names.mac(mac):
@@ -141,6 +141,7 @@ def ensure_veth(host_end: str, netns: str, ns_end: str, *, bridge: str, mac: str
     elif not host.link_up(ns_links[ns_end]):
         host.set_up(ns_end, netns)
     plug(host_end, bridge, links, mtu=None)
+    return not present
 
 
 def owned_bridges(links: dict[str, dict]) -> set[str]:

@@ -42,8 +42,9 @@ def run_in(netns: str | None, argv: list[str], *, check: bool = True,
 # --- links -------------------------------------------------------------------
 
 def links(netns: str | None = None) -> dict[str, dict]:
-    """name -> `ip -d -j link` record (master, operstate, linkinfo, address)."""
-    return {rec["ifname"]: rec for rec in ip_json("-d", "link", "show", netns=netns)}
+    """name -> `ip -d -j addr` record (master, flags, linkinfo, address and
+    addr_info): links and their addresses in one call."""
+    return {rec["ifname"]: rec for rec in ip_json("-d", "addr", "show", netns=netns)}
 
 
 def link_kind(rec: dict) -> str:
@@ -80,20 +81,26 @@ def tx_checksum_off(name: str, netns: str | None = None) -> None:
 
 # --- addresses and routes ----------------------------------------------------
 
+def record_addresses(rec: dict) -> set[str]:
+    """'ip/prefixlen' of every global address in a `links()` record."""
+    return {f"{a['local']}/{a['prefixlen']}" for a in rec.get("addr_info", ())
+            if a.get("scope") != "link"}
+
+
 def addresses(name: str, netns: str | None = None) -> set[str]:
-    """'ip/prefixlen' of every global address on `name`."""
     out = set()
     for rec in ip_json("addr", "show", "dev", name, netns=netns):
-        for a in rec.get("addr_info", ()):
-            if a.get("scope") != "link":
-                out.add(f"{a['local']}/{a['prefixlen']}")
+        out |= record_addresses(rec)
     return out
 
 
-def sync_addresses(name: str, want: set[str], netns: str | None = None) -> None:
+def sync_addresses(name: str, want: set[str], netns: str | None = None, *,
+                   rec: dict | None = None) -> None:
     """Make `name`'s addresses exactly `want`, except 169.254.0.0/16 ones,
-    which belong to the metadata plumbing."""
-    have = {a for a in addresses(name, netns) if not a.startswith("169.254.")}
+    which belong to the metadata plumbing. `rec`: a current `links()` record
+    of `name`, saving a query."""
+    have = record_addresses(rec) if rec is not None else addresses(name, netns)
+    have = {a for a in have if not a.startswith("169.254.")}
     for addr in sorted(have - want):
         ip("addr", "del", addr, "dev", name, netns=netns, check=False)
     for addr in sorted(want - have):
