@@ -252,19 +252,21 @@ class NetworkAgent:
             self._forwarding[ns] = inode
         ns_links = host.links(ns)
         inside = set()
-        for itf in r.interfaces:
+        for port_id, itfs in router.interfaces_by_port(r).items():
+            itf = itfs[0]
             br = bridges.get(itf.network_id)
             if br is None:
-                raise RuntimeError(f"interface {itf.port_id}: network {itf.network_id} "
+                raise RuntimeError(f"interface {port_id}: network {itf.network_id} "
                                    f"is not on this host")
-            outer, inner = router.interface_names(itf.port_id)
+            outer, inner = router.interface_names(port_id)
             keep.link(outer)
             self.ledger.add("links", outer)
             inside.add(inner)
             made = bridge.ensure_veth(outer, ns, inner, bridge=br, mac=itf.mac,
                                       mtu=mtus.get(itf.network_id, 1500), links=links,
                                       ns_links=ns_links)
-            host.sync_addresses(inner, {f"{itf.ip}/{itf.prefixlen}"}, ns,
+            # One port may carry several subnets' addresses (IPv4 and IPv6).
+            host.sync_addresses(inner, {f"{i.ip}/{i.prefixlen}" for i in itfs}, ns,
                                 rec=None if made else ns_links.get(inner))
         if r.gateway_network_id and r.gateway_ip:
             br = bridges.get(r.gateway_network_id)

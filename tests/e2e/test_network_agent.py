@@ -532,11 +532,13 @@ def test_router_gateway_extra_routes_set_and_cleared(world):
         return {(r["dst"], r.get("gateway"))
                 for r in host.ip_json("-4", "route", "show", netns=ns)}
 
-    w.router = replace(w.router, routes=(("192.0.2.0/24", f"{PRIVATE}.254"),
-                                         ("203.0.113.0/25", f"{OUTSIDE}.1")))
+    v6 = replace(w.router.interfaces[0], ip="fd00:93::1", prefixlen=64)
+    w.router = replace(w.router, interfaces=w.router.interfaces + (v6,),
+                       routes=(("192.0.2.0/24", f"{PRIVATE}.254"),
+                               ("203.0.113.0/25", f"{OUTSIDE}.1")))
     converge(w)
     assert host.addresses(qg, ns) == {f"{ROUTER_GW}/24", f"{FIP}/32"}
-    assert host.addresses(qr, ns) == {f"{PRIVATE}.1/24"}
+    assert host.addresses(qr, ns) == {f"{PRIVATE}.1/24", "fd00:93::1/64"}
     assert {("default", f"{OUTSIDE}.1"), ("192.0.2.0/24", f"{PRIVATE}.254"),
             ("203.0.113.0/25", f"{OUTSIDE}.1")} <= routes()
     assert outside_ping(w, ROUTER_GW)

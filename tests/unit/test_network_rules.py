@@ -314,3 +314,12 @@ def test_ledger_round_trip(tmp_path):
     ledger.save()
     again = Ledger(tmp_path / "owned.json")
     assert again.items["links"] == {"sbx-br-1"} and again.items["netns"] == {"sbx-dhcp-1"}
+
+
+def test_router_interfaces_grouped_by_port():
+    from dataclasses import replace
+    second = RouterInterfaceState(port_id="66666666-0000", network_id=NET,
+                                  mac="fa:16:3e:00:00:01", ip="fd00::1", prefixlen=64)
+    grouped = router.interfaces_by_port(replace(ROUTER, interfaces=ROUTER.interfaces + (second,)))
+    assert list(grouped) == ["66666666-0000"]
+    assert [i.ip for i in grouped["66666666-0000"]] == ["10.0.0.1", "fd00::1"]

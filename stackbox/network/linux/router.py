@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from stackbox.network.hoststate import RouterState
+from stackbox.network.hoststate import RouterInterfaceState, RouterState
 from stackbox.network.linux import host, names
 
 NAT_TABLE = "sbx-router"
@@ -31,6 +31,15 @@ def interface_names(port_id: str) -> tuple[str, str]:
     """(end in the network's bridge, end in the router namespace)."""
     s = names.short(port_id)
     return HOST_IF_PREFIX + s, "qr-" + s
+
+
+def interfaces_by_port(r: RouterState) -> dict[str, list[RouterInterfaceState]]:
+    """The router's interfaces grouped by port: one veth per port, with
+    every address the port has (one entry per subnet in the state)."""
+    out: dict[str, list[RouterInterfaceState]] = {}
+    for itf in r.interfaces:
+        out.setdefault(itf.port_id, []).append(itf)
+    return out
 
 
 def gateway_names(router_id: str) -> tuple[str, str]:
