@@ -355,7 +355,22 @@ def test_isolated_network_converges_and_leaves_nothing(world):
         assert links[w.vm_ports[1].tap]["master"] == hs.bridge_name(w.net)
         assert host.link_up(links[w.vm_ports[0].tap])
         assert not host.link_up(links[w.vm_ports[1].tap])
-        assert "fa:16:3e:5e:00:0c" not in (agent.dnsmasq.directory(w.net) / "hosts").read_text()
+        hosts = agent.dnsmasq.directory(w.net) / "hosts"
+        assert "fa:16:3e:5e:00:0c" not in hosts.read_text()
+        # A new port is a SIGHUP; a port going away restarts dnsmasq so its
+        # in-memory lease cannot block the address for the next MAC.
+        pid = agent.dnsmasq.pid(w.net, ns)
+        extra = hs.PortState(id=uid(), network_id=w.net, mac="fa:16:3e:5e:00:99",
+                             fixed_ips=((w.sub, f"{PRIVATE}.99"),), device_owner="compute:nova",
+                             device_id=uid())
+        base = state
+        state = replace(base, networks=(replace(private, ports=private.ports + (extra,)),))
+        assert f"dnsmasq for network {w.net} reloaded" in agent.reconcile_once().changes
+        assert agent.dnsmasq.pid(w.net, ns) == pid
+        assert f"fa:16:3e:5e:00:99,{PRIVATE}.99" in hosts.read_text()
+        state = base
+        assert f"dnsmasq for network {w.net} restarted" in agent.reconcile_once().changes
+        assert agent.dnsmasq.pid(w.net, ns) not in (None, pid)
         state = replace(state, networks=(), bound_ports=())
         report = agent.reconcile_once()
         assert report.errors == []

@@ -323,3 +323,11 @@ def test_router_interfaces_grouped_by_port():
     grouped = router.interfaces_by_port(replace(ROUTER, interfaces=ROUTER.interfaces + (second,)))
     assert list(grouped) == ["66666666-0000"]
     assert [i.ip for i in grouped["66666666-0000"]] == ["10.0.0.1", "fd00::1"]
+
+
+def test_removed_host_entries_are_found_renames_are_not():
+    old = "fa:16:3e:00:00:05,10.0.0.5,vm-one\nfa:16:3e:00:00:06,10.0.0.6\n"
+    assert dhcp.removed_hosts(old, "fa:16:3e:00:00:05,10.0.0.5,renamed\n") == \
+        {"fa:16:3e:00:00:06,10.0.0.6"}
+    assert dhcp.removed_hosts(old, old + "fa:16:3e:00:00:07,10.0.0.7\n") == set()
+    assert dhcp.removed_hosts("", old) == set()

@@ -162,6 +162,13 @@ def opts_file(network: NetworkState) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+def removed_hosts(old: str, new: str) -> set[str]:
+    """`mac,ip` pairs in the old hosts file that the new one no longer has."""
+    def pairs(text: str) -> set[str]:
+        return {",".join(line.split(",")[:2]) for line in text.splitlines() if line}
+    return pairs(old) - pairs(new)
+
+
 # --- processes ---------------------------------------------------------------
 
 @dataclass
@@ -228,6 +235,13 @@ class Dnsmasq:
             path.chmod(0o755)
         files = render(network, d)
         conf_changed = _read(d / "dnsmasq.conf") != files.conf
+        # dnsmasq keeps leases in memory and will not hand a configured
+        # address to a new MAC while an old lease holds it ("not using
+        # configured address ... because it is leased to ..."). Leases are
+        # not kept on disk (leasefile-ro), so a restart forgets them: do that
+        # when a host entry goes away; additions only need SIGHUP.
+        if removed_hosts(_read(d / "hosts") or "", files.hosts):
+            conf_changed = True
         reload = False
         for name, text in (("hosts", files.hosts), ("opts", files.opts)):
             if _read(d / name) != text:
