@@ -269,6 +269,8 @@ def test_two_guests_dhcp_security_groups_floating_ip_snat_and_faults(
                                              remote_ip_prefix="0.0.0.0/0"))
     converge(w)
     assert outside_ping(w, FIP)
+    # Hairpin: from inside, the floating IP leads back to the guest.
+    assert on_vm0(w, key, f"ping -c 2 -W 2 {FIP}").returncode == 0
 
     # Outbound: vm0 leaves as its floating IP, vm1 as the router's gateway.
     proc = on_vm0(w, key, f"timeout 5 wget -q -O /dev/null http://{OUTSIDE}.1:8000/from-vm0")

@@ -250,6 +250,8 @@ def test_nat_ruleset_dnat_snat_per_floating_ip_and_gateway_snat():
     post = text.split("chain postrouting {")[1]
     assert post.index("snat to 203.0.113.50") < post.index("snat to 203.0.113.10")
     assert 'ip saddr { 10.0.0.0/24 } oifname "qg-55555555" snat to 203.0.113.10' in text
+    hairpin = "ct status dnat ip saddr { 10.0.0.0/24 } ip daddr { 10.0.0.0/24 } masquerade"
+    assert post.index(hairpin) < post.index("snat to 203.0.113.50")
 
 
 def test_no_snat_when_disabled_but_floating_ips_still_work():

@@ -51,18 +51,23 @@ def nat_ruleset(router: RouterState) -> str:
     """The whole `nft -f` script for the router's NAT table (pure)."""
     _, qg = gateway_names(router.id)
     pre, out, post = [], [], []
+    inside = sorted({str(ipaddress.ip_interface(f"{i.ip}/{i.prefixlen}").network)
+                     for i in router.interfaces if names.version(i.ip) == 4})
     if router.gateway_ip:
+        if router.floating_ips and inside:
+            # Hairpin: a guest reaching a neighbour's floating IP is DNATed
+            # back inside; without SNAT the neighbour would answer directly
+            # from its fixed address and the guest would drop the reply.
+            nets = ", ".join(inside)
+            post.append(f"ct status dnat ip saddr {{ {nets} }} ip daddr {{ {nets} }} masquerade")
         for fip in sorted(router.floating_ips, key=lambda f: f.floating_ip):
             public, private = names.ip(fip.floating_ip), names.ip(fip.fixed_ip)
             pre.append(f"ip daddr {public} dnat to {private}")
             out.append(f"ip daddr {public} dnat to {private}")
             post.append(f'ip saddr {private} oifname "{qg}" snat to {public}')
-        if router.enable_snat and router.interfaces:
-            inside = sorted({str(ipaddress.ip_interface(f"{i.ip}/{i.prefixlen}").network)
-                             for i in router.interfaces if names.version(i.ip) == 4})
-            if inside:
-                post.append(f'ip saddr {{ {", ".join(inside)} }} oifname "{qg}" '
-                            f"snat to {names.ip(router.gateway_ip)}")
+        if router.enable_snat and inside:
+            post.append(f'ip saddr {{ {", ".join(inside)} }} oifname "{qg}" '
+                        f"snat to {names.ip(router.gateway_ip)}")
     lines = [f"table ip {NAT_TABLE} {{}}", f"delete table ip {NAT_TABLE}",
              f"table ip {NAT_TABLE} {{", f'\tcomment "stackbox router {router.id}"']
     for chain, hook, prio, rules in (("prerouting", "prerouting", "-100", pre),
