@@ -152,7 +152,9 @@ class NetworkAgent:
             self._table_cache = {}
             self._links = {}
             state = self.desired()
-            keep = _Keep()
+            # Everything the desired state names is kept, converged or not:
+            # a network whose pass fails this time must not be torn down.
+            keep = _Keep.wanted(state, self.mappings)
             bridges = self._networks(state, report, keep)
             self._routers(state, bridges, report, keep)
             self._security(state, bridges, report, keep)
@@ -451,6 +453,30 @@ class _Keep:
 
     def link(self, name: str) -> None:
         self.links.add(name)
+
+    @classmethod
+    def wanted(cls, state: HostState, mappings: Mapping[str, str]) -> "_Keep":
+        """Every host object name `state` implies (names only: no checks)."""
+        keep = cls()
+        for net in state.networks:
+            keep.link(net.bridge)
+            if net.network_type == "vlan":
+                keep.link(bridge.vlan_device(net.id))
+            if net.physical_network in mappings:
+                keep.link(mappings[net.physical_network])
+            if dhcp.wants_dhcp(net):
+                keep.netns.add(hoststate.dhcp_namespace(net.id))
+                keep.link(dhcp_veth(net.id))
+                keep.dhcp.add(net.id)
+        for r in state.routers:
+            keep.netns.add(hoststate.router_namespace(r.id))
+            keep.link(router.gateway_names(r.id)[0])
+            for itf in r.interfaces:
+                keep.link(router.interface_names(itf.port_id)[0])
+        for port in state.bound_ports:
+            if secgroup.filtered(port):
+                keep.tables.add(secgroup.table_name(port.id))
+        return keep
 
 
 def parse_mappings(value) -> dict[str, str]:

@@ -520,19 +520,37 @@ def test_provider_networks_and_several_external_bridges(world, with_vlan):
 
 
 def test_unmapped_physical_network_is_reported_and_others_converge(world):
+    """A network that cannot be built is reported; the others converge, and
+    one that worked before and fails now is not torn down."""
     w = world
+    sub, flat_id = uid(), uid()
+    flat = hs.NetworkState(
+        id=flat_id, mtu=1500, network_type="flat", physical_network="public",
+        subnets=(hs.SubnetState(id=sub, cidr="10.95.0.0/24", ip_version=4,
+                                gateway_ip=None, enable_dhcp=True),),
+        ports=(hs.PortState(id=uid(), network_id=flat_id, mac="fa:16:3e:5f:00:02",
+                            fixed_ips=((sub, "10.95.0.2"),), device_owner="network:dhcp",
+                            device_id="dhcp"),))
     bad = hs.NetworkState(id=uid(), mtu=1500, network_type="flat", physical_network="nowhere")
     good = hs.NetworkState(id=uid(), mtu=1500, network_type="local")
-    agent = NetworkAgent(state_dir=w.workdir / "bad", desired=lambda: hs.HostState(
-        host_id="test", networks=(bad, good)))
+    agent = NetworkAgent(state_dir=w.workdir / "bad", bridge_mappings={"public": w.ext_bridge},
+                         desired=lambda: hs.HostState(host_id="test", networks=(flat, bad, good)))
     try:
         report = agent.reconcile_once()
         assert len(report.errors) == 1
         assert "'nowhere' is not in bridge_mappings" in report.errors[0]
         assert hs.bridge_name(good.id) in host.links()
+        ns = hs.dhcp_namespace(flat.id)
+        pid = agent.dnsmasq.pid(flat.id, ns)
+        assert pid
+        agent.mappings = {}          # the operator broke the mapping
+        report = agent.reconcile_once()
+        assert len(report.errors) == 2
+        assert ns in host.netns_names() and agent.dnsmasq.pid(flat.id, ns) == pid
     finally:
         agent.cleanup_all()
     assert hs.bridge_name(good.id) not in host.links()
+    assert hs.dhcp_namespace(flat.id) not in host.netns_names()
 
 
 def test_router_gateway_extra_routes_set_and_cleared(world):

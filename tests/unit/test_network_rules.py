@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from stackbox.network.agent import Ledger, parse_mappings
-from stackbox.network.hoststate import (FloatingIpState, NetworkState, PortState,
+from stackbox.network.agent import Ledger, _Keep, parse_mappings
+from stackbox.network.hoststate import (FloatingIpState, HostState, NetworkState, PortState,
                                         RouterInterfaceState, RouterState,
                                         SecurityGroupRuleState, SecurityGroupState,
                                         SubnetState)
@@ -333,3 +333,17 @@ def test_removed_host_entries_are_found_renames_are_not():
         {"fa:16:3e:00:00:06,10.0.0.6"}
     assert dhcp.removed_hosts(old, old + "fa:16:3e:00:00:07,10.0.0.7\n") == set()
     assert dhcp.removed_hosts("", old) == set()
+
+
+def test_everything_the_state_names_is_kept_even_before_it_converges():
+    ext = NetworkState(id="77777777-0000", mtu=1500, network_type="flat",
+                       physical_network="public")
+    state = HostState(host_id="h", networks=(network(), ext), routers=(ROUTER,),
+                      bound_ports=(port(security_group_ids=("sg1",)),
+                                   port(pid="88888888-0000", port_security_enabled=False)))
+    keep = _Keep.wanted(state, {"public": "sbx-br-ex"})
+    assert keep.netns == {"sbx-dhcp-11111111", "sbx-r-55555555"}
+    assert keep.links == {"sbx-br-11111111", "sbx-br-77777777", "sbx-br-ex", "sbx-dh-11111111",
+                          "sbx-rg-55555555", "sbx-ri-66666666"}
+    assert keep.tables == {"sbx-p-33333333"}
+    assert keep.dhcp == {NET}
