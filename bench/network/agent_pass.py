@@ -12,6 +12,7 @@ nothing; the external bridge is made by the agent (no uplink).
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -69,7 +70,8 @@ def one_round(args) -> tuple[float, float, float]:
     ext_bridge = f"sbx-be{uuid.uuid4().hex[:6]}"
     state = build_state(args.networks, args.ports, ext_bridge)
     holder = {"state": state}
-    agent = NetworkAgent(state_dir=Path(tempfile.mkdtemp(prefix="sbx-bench-")),
+    state_dir = Path(tempfile.mkdtemp(prefix="sbx-bench-net-"))
+    agent = NetworkAgent(state_dir=state_dir,
                          desired=lambda: holder["state"], bridge_mappings={"bench": ext_bridge})
     try:
         t0 = time.monotonic()
@@ -89,6 +91,7 @@ def one_round(args) -> tuple[float, float, float]:
         return build, steady, teardown
     finally:
         agent.cleanup_all()
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def main() -> None:
