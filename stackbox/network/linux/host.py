@@ -173,5 +173,3 @@ def nft_table_text(family: str, name: str, netns: str | None = None) -> str | No
     except CommandError:
         return None
 
-
-__all__ = ["CommandError"]
