@@ -6,7 +6,7 @@ PYTHON      ?= python3
 DATA_DIR    ?= /var/lib/stackbox
 APT_PACKAGES = python3 python3-venv python3-dev build-essential iproute2 nftables \
                dnsmasq-base qemu-system-x86 qemu-utils haproxy genisoimage wrk \
-               postgresql postgresql-client ca-certificates
+               postgresql postgresql-client ca-certificates ethtool iputils-ping
 
 .PHONY: up down test deps apt venv test-deps docs novnc
 

@@ -36,6 +36,7 @@ PACKAGES = {
     "qemu-system-x86_64": "qemu-system-x86",
     "qemu-img": "qemu-utils",
     "dnsmasq": "dnsmasq-base",
+    "ethtool": "ethtool",
     "haproxy": "haproxy",
     "timedatectl": "systemd",
 }
@@ -194,6 +195,28 @@ def check_nftables(settings) -> Result:
     finally:
         if created:
             hostops.run([nft, "delete", "table", "inet", table], timeout=10, check=False)
+
+
+@check("bridge netfilter")
+def check_bridge_netfilter(settings) -> Result:
+    path = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+    try:
+        value = path.read_text().strip()
+    except OSError:
+        return Result(FAIL, "br_netfilter is not loaded",
+                      "security groups cannot track connections of bridged guests",
+                      "modprobe br_netfilter")
+    if value != "1":
+        return Result(OK, "loaded; bridge-nf-call-iptables is 0 (the network agent sets 1)")
+    return Result(OK, "bridged IP traffic reaches nftables (conntrack for security groups)")
+
+
+@check("ethtool")
+def check_ethtool(settings) -> Result:
+    if not which("ethtool"):
+        return missing("ethtool", "checksum offload stays on for DHCP veths: some guests "
+                       "drop the DHCP replies", status=WARN)
+    return Result(OK, "present (turns tx checksum offload off on DHCP and router veths)")
 
 
 def _version_check(binary: str, consequence: str, flag: str = "--version") -> Result:
