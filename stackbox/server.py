@@ -24,6 +24,8 @@ from stackbox.identity.service import IdentityService
 from stackbox.image.api import build_app as build_image_app
 from stackbox.image.drivers.local import LocalStore
 from stackbox.image.service import ImageService
+from stackbox.objectstore.api import build_app as build_objectstore_app
+from stackbox.objectstore.bootstrap import build_service as build_objectstore
 
 log = logging.getLogger("stackbox.server")
 
@@ -56,6 +58,7 @@ class Cloud:
         self.db = Database(settings.database_url)
         self.identity = IdentityService(self.db, settings)
         self.image = ImageService(self.db, settings, LocalStore(settings.data_dir / "images"))
+        self.objectstore = build_objectstore(self.db, settings)
         self.started_at = utcnow()
 
     def prepare(self) -> None:
@@ -66,7 +69,22 @@ class Cloud:
         auth_url = lambda: self.settings.base_url("identity") + "/v3"  # noqa: E731
         return {self.settings.identity.port: build_identity_app(self.identity,
                                                                 auth_url=auth_url),
-                self.settings.image.port: build_image_app(self.image, validator=self.identity)}
+                self.settings.image.port: build_image_app(self.image, validator=self.identity),
+                self.settings.object_store.port: build_objectstore_app(
+                    self.objectstore, validator=self.identity)}
+
+    async def expirer(self, stop: asyncio.Event) -> None:
+        """Removes objects whose X-Delete-At has passed (GET and listings hide
+        them already; this frees the space and fixes the counters)."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.objectstore.expire)
+            except Exception:
+                log.exception("object expirer pass failed; retrying")
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.object_store.expirer_interval)
+            except asyncio.TimeoutError:
+                pass
 
     async def housekeeping(self, stop: asyncio.Event) -> None:
         """Heartbeat for `stackbox status`, and signing-key rotation."""
@@ -125,12 +143,13 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
 
     async def main():
         stop = asyncio.Event()
-        chores = asyncio.create_task(cloud.housekeeping(stop))
+        chores = [asyncio.create_task(cloud.housekeeping(stop)),
+                  asyncio.create_task(cloud.expirer(stop))]
         try:
             await server.serve(sockets=sockets)
         finally:
             stop.set()
-            await chores
+            await asyncio.gather(*chores)
 
     try:
         log.info("stackbox %s serving %s", __version__, settings.service_ports())
