@@ -31,7 +31,7 @@ from stackbox.objectstore import acl, tempurl
 from stackbox.objectstore import httpbits as hb
 from stackbox.objectstore import service as S
 from stackbox.objectstore.errors import (EntityTooLarge, InsufficientStorage, PreconditionFailed,
-                                         Unprocessable)
+                                         Quarantined, Unprocessable)
 from stackbox.objectstore.service import Listing, ObjectStoreService
 
 SMALL = 256 * 1024              # objects up to this size are sent in one piece
@@ -426,12 +426,20 @@ class SwiftApi:
         bytes, all in one worker thread. Returns the Response."""
         q = request.query_params
         manifest = q.get("multipart-manifest") == "get"
-        o = self.svc.open_object(account, container, obj, manifest=manifest)
-        try:
-            return self._respond(request, o, account, manifest)
-        except BaseException:
-            o.close()
-            raise
+        # A replica that fails its checksum while a small object is read is
+        # quarantined; the next open finds another replica.
+        for _attempt in range(self.svc.backend.replicas):
+            o = self.svc.open_object(account, container, obj, manifest=manifest)
+            try:
+                return self._respond(request, o, account, manifest)
+            except Quarantined:
+                o.close()
+            except BaseException:
+                o.close()
+                raise
+        return self._respond(request, self.svc.open_object(account, container, obj,
+                                                           manifest=manifest),
+                             account, manifest)
 
     def _respond(self, request, o: S.OpenObject, account: str, manifest: bool):
         info = o.info

@@ -10,15 +10,18 @@ import json
 import re
 from xml.sax.saxutils import escape, quoteattr
 
-from stackbox.common.errors import BadRequest
+from stackbox.common.errors import BadRequest, StackboxError
 from stackbox.objectstore.errors import PreconditionFailed
 from stackbox.objectstore.service import (ContainerEntry, ObjectEntry, Subdir)
 
 _RANGE_SPEC = re.compile(r"^\s*(\d*)\s*-\s*(\d*)\s*$")
 
 
-class RangeNotSatisfiable(Exception):
+class RangeNotSatisfiable(StackboxError):
     """416: every range of a syntactically valid Range header is outside the object."""
+
+    def __init__(self, message: str = "The Range requested is not available."):
+        super().__init__(message, field="range")
 
 
 def parse_ranges(header: str | None, size: int) -> list[tuple[int, int]] | None:

@@ -240,12 +240,13 @@ def check_metadata(meta: dict, *, kind: str, existing: dict | None = None) -> di
         key = name.lower()
         if not key:
             raise BadRequest(f"{kind} metadata name is empty", field=f"{kind}-meta")
+        header = f"X-{kind.title()}-Meta-{key}"
         if len(key.encode()) > MAX_META_NAME_LENGTH:
-            raise BadRequest(f"{kind} metadata name {name[:40]!r}... is longer than "
-                             f"{MAX_META_NAME_LENGTH} bytes", field=f"x-{kind}-meta-{key}")
+            raise BadRequest(f"Metadata name too long: {header[:60]}... is longer than "
+                             f"{MAX_META_NAME_LENGTH} bytes", field=header)
         if len(str(value).encode()) > MAX_META_VALUE_LENGTH:
-            raise BadRequest(f"{kind} metadata value of {name!r} is longer than "
-                             f"{MAX_META_VALUE_LENGTH} bytes", field=f"x-{kind}-meta-{key}")
+            raise BadRequest(f"Metadata value longer than {MAX_META_VALUE_LENGTH}: "
+                             f"{header}", field=header)
         if value == "" or value is None:
             merged.pop(key, None)
         else:
