@@ -262,6 +262,8 @@ class SwiftApi:
                             ["x-object-meta-public-*"]},
             "container_quotas": {},
             "account_quotas": {},
+            "versioned_writes": {"allowed_flags": ["x-versions-location",
+                                                   "x-history-location"]},
         }
         return Response(json.dumps(info), media_type="application/json; charset=utf-8")
 

@@ -284,3 +284,19 @@ def test_info_and_healthcheck(cloud):
     assert {"swift", "slo", "tempurl", "bulk_delete"} <= set(info)
     assert info["swift"]["max_object_name_length"] == 1024
     assert requests.get(f"{base}/healthcheck").text == "OK"
+
+
+def test_versioned_writes(sw, unique):
+    c, arch = unique("ver"), unique("arch")
+    sw.put_container(arch)
+    sw.put_container(c, headers={"X-Versions-Location": arch})
+    assert sw.head_container(c)["x-versions-location"] == arch
+    for body in (b"first", b"second"):
+        sw.put_object(c, "doc", body)
+    assert len(sw.get_container(arch)[1]) == 1
+    sw.delete_object(c, "doc")
+    assert sw.get_object(c, "doc")[1] == b"first"
+    sw.delete_object(c, "doc")
+    with pytest.raises(ClientException) as e:
+        sw.get_object(c, "doc")
+    assert e.value.http_status == 404
