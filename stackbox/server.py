@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from pathlib import Path
 
 import uvicorn
@@ -25,6 +26,7 @@ from stackbox.image.api import build_app as build_image_app
 from stackbox.image.drivers.local import LocalStore
 from stackbox.image.service import ImageService
 from stackbox.objectstore.api import build_app as build_objectstore_app
+from stackbox.objectstore.auditor import Auditor
 from stackbox.objectstore.bootstrap import build_service as build_objectstore
 
 log = logging.getLogger("stackbox.server")
@@ -72,6 +74,31 @@ class Cloud:
                 self.settings.image.port: build_image_app(self.image, validator=self.identity),
                 self.settings.object_store.port: build_objectstore_app(
                     self.objectstore, validator=self.identity)}
+
+    async def auditor(self, stop: asyncio.Event) -> None:
+        """Object auditor passes in a worker thread, at a bounded read rate."""
+        cfg = self.settings.object_store
+        if not cfg.auditor_bytes_per_second:
+            return
+        auditor = Auditor(self.objectstore.backend, bytes_per_second=cfg.auditor_bytes_per_second)
+        halt = threading.Event()
+        while not stop.is_set():
+            task = asyncio.ensure_future(asyncio.to_thread(auditor.run_pass, halt))
+            waiter = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                halt.set()
+                await task
+                return
+            waiter.cancel()
+            try:
+                task.result()
+            except Exception:
+                log.exception("object auditor pass failed; retrying")
+            try:
+                await asyncio.wait_for(stop.wait(), cfg.auditor_interval)
+            except asyncio.TimeoutError:
+                pass
 
     async def expirer(self, stop: asyncio.Event) -> None:
         """Removes objects whose X-Delete-At has passed (GET and listings hide
@@ -144,7 +171,8 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
     async def main():
         stop = asyncio.Event()
         chores = [asyncio.create_task(cloud.housekeeping(stop)),
-                  asyncio.create_task(cloud.expirer(stop))]
+                  asyncio.create_task(cloud.expirer(stop)),
+                  asyncio.create_task(cloud.auditor(stop))]
         try:
             await server.serve(sockets=sockets)
         finally:

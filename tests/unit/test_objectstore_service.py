@@ -194,3 +194,20 @@ def test_versions_location_stack_and_history(svc):
         svc.head_object(A, "hist", "h")
     kept = [svc.read_object(A, "archive", e.name)[1] for e in svc.list_objects(A, "archive")]
     assert kept == [b"one", b"two"]
+
+
+def test_auditor_quarantines_rot_at_a_bounded_rate(svc, tmp_path):
+    from stackbox.objectstore.auditor import Auditor
+    svc.create_container(A, "c")
+    svc.put_object(A, "c", "good", [b"g" * 1000])
+    svc.put_object(A, "c", "bad", [b"b" * 1000])
+    files = [f for f in _files(tmp_path / "objects") if "/quarantined/" not in f]
+    victim = next(f for f in files if open(f, "rb").read(1) == b"b")
+    with open(victim, "r+b") as f:
+        f.write(b"X")
+    started = time.monotonic()
+    stats = Auditor(svc.backend, bytes_per_second=0, files_per_second=20).run_pass()
+    assert time.monotonic() - started >= 5 / 20         # 6 files at 20/s
+    assert (stats.files, stats.quarantined) == (6, 1)
+    assert not os.path.exists(victim)
+    assert svc.read_object(A, "c", "bad")[1] == b"b" * 1000   # the other replicas serve
