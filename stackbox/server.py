@@ -27,6 +27,7 @@ from stackbox.image.drivers.local import LocalStore
 from stackbox.image.service import ImageService
 from stackbox.objectstore.api import build_app as build_objectstore_app
 from stackbox.objectstore.auditor import Auditor
+from stackbox.objectstore.replicator import Replicator
 from stackbox.objectstore.bootstrap import build_service as build_objectstore
 
 log = logging.getLogger("stackbox.server")
@@ -75,28 +76,36 @@ class Cloud:
                 self.settings.object_store.port: build_objectstore_app(
                     self.objectstore, validator=self.identity)}
 
-    async def auditor(self, stop: asyncio.Event) -> None:
-        """Object auditor passes in a worker thread, at a bounded read rate."""
+    async def object_daemons(self, stop: asyncio.Event) -> None:
+        """Object auditor and replicator passes, each in a worker thread at a
+        bounded rate, one after the other."""
         cfg = self.settings.object_store
-        if not cfg.auditor_bytes_per_second:
-            return
-        auditor = Auditor(self.objectstore.backend, bytes_per_second=cfg.auditor_bytes_per_second)
+        backend = self.objectstore.backend
+        daemons = [("replicator", Replicator(backend), cfg.replicator_interval)]
+        if cfg.auditor_bytes_per_second:
+            auditor = Auditor(backend, bytes_per_second=cfg.auditor_bytes_per_second)
+            daemons.append(("auditor", auditor, cfg.auditor_interval))
+        await asyncio.gather(*(self._repeat(stop, name, d.run_pass, every)
+                               for name, d, every in daemons))
+
+    @staticmethod
+    async def _repeat(stop: asyncio.Event, name: str, run_pass, every: float) -> None:
         halt = threading.Event()
         while not stop.is_set():
-            task = asyncio.ensure_future(asyncio.to_thread(auditor.run_pass, halt))
+            task = asyncio.ensure_future(asyncio.to_thread(run_pass, halt))
             waiter = asyncio.ensure_future(stop.wait())
             await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if stop.is_set():
                 halt.set()
-                await task
+                await asyncio.gather(task, return_exceptions=True)
                 return
             waiter.cancel()
             try:
                 task.result()
             except Exception:
-                log.exception("object auditor pass failed; retrying")
+                log.exception("object %s pass failed; retrying", name)
             try:
-                await asyncio.wait_for(stop.wait(), cfg.auditor_interval)
+                await asyncio.wait_for(stop.wait(), every)
             except asyncio.TimeoutError:
                 pass
 
@@ -172,7 +181,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
         stop = asyncio.Event()
         chores = [asyncio.create_task(cloud.housekeeping(stop)),
                   asyncio.create_task(cloud.expirer(stop)),
-                  asyncio.create_task(cloud.auditor(stop))]
+                  asyncio.create_task(cloud.object_daemons(stop))]
         try:
             await server.serve(sockets=sockets)
         finally:

@@ -122,7 +122,10 @@ class ObjectStoreSettings(_Section):
         10 * 1024 * 1024, ge=0, description="Read rate of the object auditor, which re-hashes "
         "every object file and quarantines corrupt ones. 0 turns the auditor off.")
     auditor_interval: float = Field(
-        3600.0, gt=0, description="Seconds between the starts of two auditor passes.")
+        3600.0, gt=0, description="Seconds between two object auditor passes.")
+    replicator_interval: float = Field(
+        300.0, gt=0, description="Seconds between two object replicator passes (which "
+        "restore missing replicas and drain handoff devices).")
 
 
 class NetworkSettings(_Section):

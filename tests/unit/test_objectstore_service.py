@@ -211,3 +211,21 @@ def test_auditor_quarantines_rot_at_a_bounded_rate(svc, tmp_path):
     assert (stats.files, stats.quarantined) == (6, 1)
     assert not os.path.exists(victim)
     assert svc.read_object(A, "c", "bad")[1] == b"b" * 1000   # the other replicas serve
+
+
+def test_replicator_restores_a_replaced_device_and_drains_handoffs(svc, tmp_path):
+    from stackbox.objectstore.replicator import Replicator
+    svc.create_container(A, "c")
+    for i in range(10):
+        svc.put_object(A, "c", f"o{i}", [f"body{i}".encode()])
+    svc.put_object(A, "c", "gone", [b"x"])
+    svc.delete_object(A, "c", "gone")
+    dev = tmp_path / "objects" / "d2"
+    shutil.rmtree(dev)
+    dev.mkdir()                                            # an empty replacement disk
+    stats = Replicator(svc.backend, objects_per_second=10_000).run_pass()
+    assert stats.copied == 10 and stats.tombstones == 1 and stats.errors == 0
+    assert len(_files(dev)) == 10 and len(_files(dev, ".ts")) == 1
+    assert len(_files(tmp_path / "objects")) == 30
+    again = Replicator(svc.backend, objects_per_second=10_000).run_pass()
+    assert again.copied == 0
