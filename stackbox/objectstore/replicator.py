@@ -24,6 +24,7 @@ from stackbox.objectstore.errors import CorruptFile, OlderTimestamp
 from stackbox.objectstore.storage import Node, ObjectBackend
 
 log = logging.getLogger("stackbox.objectstore.replicator")
+TMP_MAX_AGE = 6 * 3600       # longer than any upload that is still in progress
 
 
 @dataclass
@@ -48,6 +49,11 @@ class Replicator:
             root = os.path.join(node.manager.devices_root, node.name, "objects")
             if not os.path.isdir(root):
                 continue
+            try:
+                # uploads a crash (or kill -9) left behind: never visible, now gone
+                node.manager.reap_tmp(node.name, older_than=TMP_MAX_AGE)
+            except (ServiceUnavailable, OSError):
+                pass
             for part in sorted(os.listdir(root)):
                 for dirpath, dirs, files in os.walk(os.path.join(root, part)):
                     if dirs or not files:
