@@ -300,3 +300,15 @@ def test_versioned_writes(sw, unique):
     with pytest.raises(ClientException) as e:
         sw.get_object(c, "doc")
     assert e.value.http_status == 404
+
+
+def test_unsatisfiable_range_names_the_size(sw, unique):
+    c = unique("r416")
+    sw.put_container(c)
+    sw.put_object(c, "o", b"12345")
+    url, token = sw.get_auth()
+    r = requests.get(f"{url}/{c}/o", headers={"X-Auth-Token": token, "Range": "bytes=10-"})
+    assert r.status_code == 416 and r.headers["content-range"] == "bytes */5"
+    r = requests.get(f"{url}/{c}/o", headers={"X-Auth-Token": token, "X-Backend-Secret": "1"})
+    assert r.status_code == 200 and not any(h.lower().startswith("x-backend")
+                                            for h in r.headers)
