@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from pathlib import Path
 
 import uvicorn
@@ -29,6 +30,10 @@ from stackbox.image.api import build_app as build_image_app
 from stackbox.image.drivers.local import LocalStore
 from stackbox.image.service import ImageService
 from stackbox.compute.service import ComputeService
+from stackbox.objectstore.api import build_app as build_objectstore_app
+from stackbox.objectstore.auditor import Auditor
+from stackbox.objectstore.replicator import Replicator
+from stackbox.objectstore.bootstrap import build_service as build_objectstore
 
 log = logging.getLogger("stackbox.server")
 
@@ -63,6 +68,7 @@ class Cloud:
         self.image = ImageService(self.db, settings, LocalStore(settings.data_dir / "images"))
         self.compute = ComputeService(self.db, settings, image=self.image)
         self.compute_agent = None
+        self.objectstore = build_objectstore(self.db, settings)
         self.started_at = utcnow()
 
     def prepare(self) -> None:
@@ -82,10 +88,58 @@ class Cloud:
                 self.settings.compute.console_port: build_console_app(
                     make_resolver(self.compute.consume_console_token,
                                   self.compute_agent.driver.console_endpoint),
-                    novnc_dir=find_novnc(self.settings.compute.novnc_dir))}
+                    novnc_dir=find_novnc(self.settings.compute.novnc_dir)),
+                self.settings.object_store.port: build_objectstore_app(
+                    self.objectstore, validator=self.identity)}
 
     def console_url(self, protocol: str, token: str) -> str:
         return console_url(console_base_url(self.settings), protocol, token)
+
+    async def object_daemons(self, stop: asyncio.Event) -> None:
+        """Object auditor and replicator passes, each in a worker thread at a
+        bounded rate, one after the other."""
+        cfg = self.settings.object_store
+        backend = self.objectstore.backend
+        daemons = [("replicator", Replicator(backend), cfg.replicator_interval)]
+        if cfg.auditor_bytes_per_second:
+            auditor = Auditor(backend, bytes_per_second=cfg.auditor_bytes_per_second)
+            daemons.append(("auditor", auditor, cfg.auditor_interval))
+        await asyncio.gather(*(self._repeat(stop, name, d.run_pass, every)
+                               for name, d, every in daemons))
+
+    @staticmethod
+    async def _repeat(stop: asyncio.Event, name: str, run_pass, every: float) -> None:
+        halt = threading.Event()
+        while not stop.is_set():
+            task = asyncio.ensure_future(asyncio.to_thread(run_pass, halt))
+            waiter = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                halt.set()
+                await asyncio.gather(task, return_exceptions=True)
+                return
+            waiter.cancel()
+            try:
+                task.result()
+            except Exception:
+                log.exception("object %s pass failed; retrying", name)
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+            except asyncio.TimeoutError:
+                pass
+
+    async def expirer(self, stop: asyncio.Event) -> None:
+        """Removes objects whose X-Delete-At has passed (GET and listings hide
+        them already; this frees the space and fixes the counters)."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.objectstore.expire)
+            except Exception:
+                log.exception("object expirer pass failed; retrying")
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.object_store.expirer_interval)
+            except asyncio.TimeoutError:
+                pass
 
     async def housekeeping(self, stop: asyncio.Event) -> None:
         """Heartbeat for `stackbox status`, and signing-key rotation."""
@@ -192,7 +246,9 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
     async def main():
         stop = asyncio.Event()
         chores = [asyncio.create_task(cloud.housekeeping(stop)),
-                  asyncio.create_task(cloud.compute_agent.run(stop))]
+                  asyncio.create_task(cloud.compute_agent.run(stop)),
+                  asyncio.create_task(cloud.expirer(stop)),
+                  asyncio.create_task(cloud.object_daemons(stop))]
         try:
             await server.serve(sockets=sockets)
         finally:

@@ -158,6 +158,25 @@ class ComputeSettings(_Section):
 class ObjectStoreSettings(_Section):
     port: int = Field(8080, ge=1, le=65535,
                       description="Port of the object-store API (Swift v1 and S3).")
+    replicas: int = Field(
+        3, ge=1, le=16, description="Replica count of the default ring that `stackbox up` "
+        "creates when `<data_dir>/rings/object.ring.json` does not exist. An existing ring "
+        "is never changed: use `stackbox ring` for that.")
+    devices: int = Field(
+        3, ge=1, le=64, description="Device directories (`<data_dir>/objects/d1`...) of the "
+        "default ring, one zone each. Must be at least `replicas`.")
+    part_power: int = Field(10, ge=1, le=20,
+                            description="Partition power (2**N partitions) of the default ring.")
+    expirer_interval: float = Field(
+        30.0, gt=0, description="Seconds between passes of the object expirer (X-Delete-At).")
+    auditor_bytes_per_second: int = Field(
+        10 * 1024 * 1024, ge=0, description="Read rate of the object auditor, which re-hashes "
+        "every object file and quarantines corrupt ones. 0 turns the auditor off.")
+    auditor_interval: float = Field(
+        3600.0, gt=0, description="Seconds between two object auditor passes.")
+    replicator_interval: float = Field(
+        300.0, gt=0, description="Seconds between two object replicator passes (which "
+        "restore missing replicas and drain handoff devices).")
 
 
 class NetworkSettings(_Section):
@@ -185,7 +204,7 @@ class LogSettings(_Section):
 
 
 # The APIs this build serves, in start order; the catalog lists exactly these.
-SERVED = ("identity", "image", "compute")
+SERVED = ("identity", "image", "compute", "object_store")
 
 
 class Settings(_Section):

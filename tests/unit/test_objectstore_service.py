@@ -1,0 +1,231 @@
+"""The object-store service on real SQLite and real device directories:
+replicas, quorum, listings (prefix/delimiter/marker/reverse), counters,
+SLO assembly, expiry and bad names leaving nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from stackbox.common.db import Database, migrate
+from stackbox.common.errors import BadRequest, Conflict, NotFound
+from stackbox.objectstore.bootstrap import build_service
+from stackbox.objectstore.errors import InsufficientStorage, PreconditionFailed, Unprocessable
+from stackbox.objectstore.service import Listing, ObjectEntry, Subdir
+
+A = "AUTH_p1"
+
+
+@pytest.fixture
+def svc(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    db = Database(url)
+    settings = SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
+        replicas=3, devices=3, part_power=6))
+    s = build_service(db, settings)
+    yield s
+    s.backend.close()
+    db.dispose()
+
+
+def _files(root, ext=".data"):
+    return [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs if f.endswith(ext)]
+
+
+def test_put_writes_three_replicas_and_lists_at_once(svc, tmp_path):
+    svc.create_container(A, "c")
+    info = svc.put_object(A, "c", "o1", [b"hello ", b"world"], content_type="text/plain",
+                          meta={"Color": "blue"})
+    assert info.etag == hashlib.md5(b"hello world").hexdigest() and info.size == 11
+    assert len(_files(tmp_path / "objects")) == 3
+    assert [e.name for e in svc.list_objects(A, "c")] == ["o1"]
+    c = svc.container_info(A, "c", cached=False)
+    assert (c.object_count, c.bytes_used) == (1, 11)
+    with svc.open_object(A, "c", "o1") as o:
+        assert o.read() == b"hello world" and o.info.meta == {"color": "blue"}
+        assert b"".join(o.iter_range(2, 5)) == b"llo"
+    svc.put_object(A, "c", "o1", [b"x"])               # overwrite: count stays 1
+    a = svc.account_info(A)
+    assert (a.container_count, a.object_count, a.bytes_used) == (1, 1, 1)
+
+
+def test_get_survives_a_corrupt_and_a_missing_replica(svc, tmp_path):
+    svc.create_container(A, "c")
+    svc.put_object(A, "c", "o", [b"payload" * 100])
+    files = sorted(_files(tmp_path / "objects"))
+    for path in files[:2]:
+        with open(path, "r+b") as f:
+            f.write(b"XXXX")                            # damage data, keep the footer
+    for _ in range(3):
+        info, data = svc.read_object(A, "c", "o")
+        assert data == b"payload" * 100
+    os.unlink(files[2])                                 # only bad copies left
+    with pytest.raises(NotFound):
+        svc.read_object(A, "c", "o")
+    assert [f for f in _files(tmp_path / "objects") if "/quarantined/" not in f] == []
+    assert len(_files(tmp_path / "objects")) == 2       # both moved to quarantine
+
+
+def test_quorum_lost_is_507_and_leaves_nothing(svc, tmp_path):
+    svc.create_container(A, "c")
+    for d in ("d1", "d2", "d3"):
+        shutil.rmtree(tmp_path / "objects" / d)
+    with pytest.raises(InsufficientStorage):
+        svc.put_object(A, "c", "o", [b"x"])
+    assert svc.list_objects(A, "c") == []
+
+
+def test_listing_prefix_delimiter_marker_reverse(svc):
+    svc.create_container(A, "c")
+    names = ["a/1", "a/2", "a/b/3", "b", "c/1", "c0", "d"]
+    for n in names:
+        svc.put_object(A, "c", n, [b"."])
+
+    def ls(**kw):
+        return [e.name for e in svc.list_objects(A, "c", Listing(**kw))]
+    assert ls() == names
+    assert ls(delimiter="/") == ["a/", "b", "c/", "c0", "d"]
+    assert ls(prefix="a/", delimiter="/") == ["a/1", "a/2", "a/b/"]
+    assert ls(delimiter="/", marker="a/") == ["b", "c/", "c0", "d"]
+    assert ls(marker="b", end_marker="d") == ["c/1", "c0"]
+    assert ls(reverse=True, limit=3) == ["d", "c0", "c/1"]
+    assert ls(reverse=True, delimiter="/") == ["d", "c0", "c/", "b", "a/"]
+    assert ls(prefix="c", limit=1) == ["c/1"]
+    assert isinstance(svc.list_objects(A, "c", Listing(delimiter="/"))[0], Subdir)
+
+
+def test_bad_input_is_refused_and_stores_nothing(svc, tmp_path):
+    svc.create_container(A, "c")
+    for bad in ("a\x00b", "x" * 1025):
+        with pytest.raises(BadRequest):
+            svc.put_object(A, "c", bad, [b"x"])
+    with pytest.raises(BadRequest):
+        svc.create_container(A, "a/b")
+    with pytest.raises(BadRequest):
+        svc.put_object(A, "c", "o", [b"x"], meta={"k": "v" * 257})
+    with pytest.raises(Unprocessable):
+        svc.put_object(A, "c", "o", [b"x"], etag="0" * 32)
+    with pytest.raises(BadRequest):
+        svc.put_object(A, "c", "o", [b"x"], size=2)
+    assert svc.list_objects(A, "c") == [] and _files(tmp_path / "objects") == []
+    assert not any(os.listdir(tmp_path / "objects" / d / "tmp")
+                   for d in ("d1", "d2", "d3"))
+
+
+def test_delete_and_non_empty_container(svc):
+    svc.create_container(A, "c")
+    svc.put_object(A, "c", "o", [b"x"])
+    with pytest.raises(Conflict):
+        svc.delete_container(A, "c")
+    svc.delete_object(A, "c", "o")
+    with pytest.raises(NotFound):
+        svc.open_object(A, "c", "o")
+    with pytest.raises(NotFound):
+        svc.delete_object(A, "c", "o")
+    svc.delete_container(A, "c")
+    assert svc.account_info(A).container_count == 0
+
+
+def test_slo_reads_as_the_concatenation(svc):
+    svc.create_container(A, "c")
+    svc.create_container(A, "segs")
+    parts = [b"a" * 10, b"b" * 5, b"c" * 7]
+    segs = []
+    for i, p in enumerate(parts):
+        info = svc.put_object(A, "segs", f"p{i}", [p])
+        segs.append({"path": f"/segs/p{i}", "etag": info.etag, "size_bytes": len(p)})
+    m = svc.put_slo_manifest(A, "c", "big", segs)
+    assert m.size == 22 and m.slo
+    with svc.open_object(A, "c", "big") as o:
+        assert o.read() == b"".join(parts)
+        assert b"".join(o.iter_range(8, 17)) == b"aabbbbbcc"
+    [entry] = svc.list_objects(A, "c")
+    assert isinstance(entry, ObjectEntry) and entry.size == 22
+    with pytest.raises(BadRequest):
+        svc.put_slo_manifest(A, "c", "bad", [{"path": "/segs/p0", "etag": "f" * 32}])
+
+
+def test_expiry_and_async_put_and_if_none_match(svc):
+    svc.create_container(A, "c")
+
+    async def body():
+        for _ in range(3):
+            yield b"z" * 700_000
+    info = asyncio.run(svc.put_object_async(A, "c", "big", body(),
+                                            delete_at=int(time.time()) + 30))
+    assert info.size == 2_100_000
+    with pytest.raises(PreconditionFailed):
+        svc.put_object(A, "c", "big", [b"x"], if_none_match=True)
+    assert svc.expire(now=time.time() + 60) == 1
+    with pytest.raises(NotFound):
+        svc.head_object(A, "c", "big")
+    assert svc.container_info(A, "c", cached=False).object_count == 0
+
+
+def test_versions_location_stack_and_history(svc):
+    svc.create_container(A, "archive")
+    svc.create_container(A, "docs", sysmeta={"versions_location": "archive"})
+    for body in (b"v1", b"v2", b"v3"):
+        svc.put_object(A, "docs", "note", [body])
+    assert len(svc.list_objects(A, "archive")) == 2
+    assert svc.list_objects(A, "archive")[0].name.startswith("004note/")
+    svc.post_object(A, "docs", "note", meta={"k": "v"})       # POST is not a new version
+    assert len(svc.list_objects(A, "archive")) == 2
+    svc.delete_object(A, "docs", "note")                       # v2 comes back
+    assert svc.read_object(A, "docs", "note")[1] == b"v2"
+    svc.delete_object(A, "docs", "note")
+    assert svc.read_object(A, "docs", "note")[1] == b"v1"
+    svc.delete_object(A, "docs", "note")
+    with pytest.raises(NotFound):
+        svc.head_object(A, "docs", "note")
+    assert svc.list_objects(A, "archive") == []
+    svc.create_container(A, "hist", sysmeta={"history_location": "archive"})
+    svc.put_object(A, "hist", "h", [b"one"])
+    svc.put_object(A, "hist", "h", [b"two"])
+    svc.delete_object(A, "hist", "h")
+    with pytest.raises(NotFound):
+        svc.head_object(A, "hist", "h")
+    kept = [svc.read_object(A, "archive", e.name)[1] for e in svc.list_objects(A, "archive")]
+    assert kept == [b"one", b"two"]
+
+
+def test_auditor_quarantines_rot_at_a_bounded_rate(svc, tmp_path):
+    from stackbox.objectstore.auditor import Auditor
+    svc.create_container(A, "c")
+    svc.put_object(A, "c", "good", [b"g" * 1000])
+    svc.put_object(A, "c", "bad", [b"b" * 1000])
+    files = [f for f in _files(tmp_path / "objects") if "/quarantined/" not in f]
+    victim = next(f for f in files if open(f, "rb").read(1) == b"b")
+    with open(victim, "r+b") as f:
+        f.write(b"X")
+    started = time.monotonic()
+    stats = Auditor(svc.backend, bytes_per_second=0, files_per_second=20).run_pass()
+    assert time.monotonic() - started >= 5 / 20         # 6 files at 20/s
+    assert (stats.files, stats.quarantined) == (6, 1)
+    assert not os.path.exists(victim)
+    assert svc.read_object(A, "c", "bad")[1] == b"b" * 1000   # the other replicas serve
+
+
+def test_replicator_restores_a_replaced_device_and_drains_handoffs(svc, tmp_path):
+    from stackbox.objectstore.replicator import Replicator
+    svc.create_container(A, "c")
+    for i in range(10):
+        svc.put_object(A, "c", f"o{i}", [f"body{i}".encode()])
+    svc.put_object(A, "c", "gone", [b"x"])
+    svc.delete_object(A, "c", "gone")
+    dev = tmp_path / "objects" / "d2"
+    shutil.rmtree(dev)
+    dev.mkdir()                                            # an empty replacement disk
+    stats = Replicator(svc.backend, objects_per_second=10_000).run_pass()
+    assert stats.copied == 10 and stats.tombstones == 1 and stats.errors == 0
+    assert len(_files(dev)) == 10 and len(_files(dev, ".ts")) == 1
+    assert len(_files(tmp_path / "objects")) == 30
+    again = Replicator(svc.backend, objects_per_second=10_000).run_pass()
+    assert again.copied == 0
