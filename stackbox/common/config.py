@@ -107,6 +107,17 @@ class ComputeSettings(_Section):
 class ObjectStoreSettings(_Section):
     port: int = Field(8080, ge=1, le=65535,
                       description="Port of the object-store API (Swift v1 and S3).")
+    replicas: int = Field(
+        3, ge=1, le=16, description="Replica count of the default ring that `stackbox up` "
+        "creates when `<data_dir>/rings/object.ring.json` does not exist. An existing ring "
+        "is never changed: use `stackbox ring` for that.")
+    devices: int = Field(
+        3, ge=1, le=64, description="Device directories (`<data_dir>/objects/d1`...) of the "
+        "default ring, one zone each. Must be at least `replicas`.")
+    part_power: int = Field(10, ge=1, le=20,
+                            description="Partition power (2**N partitions) of the default ring.")
+    expirer_interval: float = Field(
+        30.0, gt=0, description="Seconds between passes of the object expirer (X-Delete-At).")
 
 
 class NetworkSettings(_Section):
@@ -134,7 +145,7 @@ class LogSettings(_Section):
 
 
 # The APIs this build serves, in start order; the catalog lists exactly these.
-SERVED = ("identity", "image")
+SERVED = ("identity", "image", "object_store")
 
 
 class Settings(_Section):

@@ -3,7 +3,7 @@ dialect tables (which walk the MRO) map them without knowing they exist."""
 
 from __future__ import annotations
 
-from stackbox.common.errors import Conflict, NotFound, StackboxError
+from stackbox.common.errors import BadRequest, Conflict, NotFound, ServiceUnavailable, StackboxError
 
 
 class CorruptFile(StackboxError):
@@ -32,3 +32,19 @@ class OlderTimestamp(Conflict):
 class Quarantined(NotFound):
     """The object was found corrupt and moved aside; to a client it is gone
     until replication brings a good copy back."""
+
+
+class InsufficientStorage(ServiceUnavailable):
+    """Too few devices could take a write (missing, full, failing): Swift's 507."""
+
+
+class EntityTooLarge(BadRequest):
+    """Object, metadata or manifest over a limit: 413."""
+
+
+class Unprocessable(BadRequest):
+    """The body does not match what the client promised (ETag): 422."""
+
+
+class PreconditionFailed(StackboxError):
+    """If-Match / If-None-Match / If-(Un)Modified-Since did not hold: 412."""

@@ -1,0 +1,216 @@
+"""The proxy <-> object-server boundary: replicated object I/O over the ring.
+
+`ObjectBackend` is what an object server would expose over HTTP (Swift's
+PUT/GET/HEAD/DELETE on /<device>/<partition>/<a>/<c>/<o> with X-Backend-*
+headers). Today every device is a local directory and the calls are plain
+Python; the methods take and return only names, metadata dicts, timestamps and
+byte chunks, so putting HTTP between this module and service.py changes no
+caller. Nothing here knows about accounts' listings, ACLs or the database.
+
+Placement: the ring gives each name a partition and its primary devices. A
+PUT streams to every primary (a handoff stands in for a primary whose device
+is missing) and succeeds when a quorum of replicas is durably on disk; the
+replicas' fsyncs run in parallel. A GET opens the first replica that has a
+good copy: a missing or corrupt one (quarantined on the spot) is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterator
+
+from stackbox.common.errors import NotFound, ServiceUnavailable, StackboxError
+from stackbox.objectstore.diskfile import DiskFileManager, Reader, Writer
+from stackbox.objectstore.errors import InsufficientStorage, OlderTimestamp
+from stackbox.objectstore.ring import Device, Ring
+
+
+def quorum(replicas: int) -> int:
+    """Swift's quorum_size for replicated policies: a strict majority."""
+    return replicas // 2 + 1
+
+
+@dataclass(frozen=True)
+class Node:
+    device: Device
+    manager: DiskFileManager
+    name: str          # directory name under the manager's root
+
+
+class ObjectBackend:
+    """Replicated object files on the ring's devices (the backend API)."""
+
+    def __init__(self, ring: Ring, devices_root: str, *, chunk_size: int = 64 * 1024):
+        self.ring = ring
+        self.devices_root = os.path.abspath(devices_root)
+        self.chunk_size = chunk_size
+        self._managers: dict[str, DiskFileManager] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(8, ring.replicas * 4),
+                                        thread_name_prefix="sbx-objio")
+        self._lock = threading.Lock()
+
+    @property
+    def replicas(self) -> int:
+        return self.ring.replicas
+
+    def _node(self, dev: Device) -> Node:
+        # A relative device path is under the devices root; an absolute one is
+        # an operator's mount point.
+        path = os.path.join(self.devices_root, dev.path)
+        root, name = os.path.split(os.path.normpath(path))
+        with self._lock:
+            mgr = self._managers.get(root)
+            if mgr is None:
+                mgr = self._managers[root] = DiskFileManager(
+                    root, hash_prefix=self.ring.hash_prefix, hash_suffix=self.ring.hash_suffix,
+                    chunk_size=self.chunk_size)
+        return Node(dev, mgr, name)
+
+    def nodes(self, account: str, container: str, obj: str) -> tuple[int, list[Node], Iterator[Node]]:
+        part = self.ring.partition(account, container, obj)
+        primaries = [self._node(d) for d in self.ring.primary_devices(part)]
+        handoffs = (self._node(d) for d in self.ring.handoff_devices(part))
+        return part, primaries, handoffs
+
+    # -- writes --
+    def writer(self, account: str, container: str, obj: str) -> "ReplicatedWriter":
+        part, primaries, handoffs = self.nodes(account, container, obj)
+        writers: list[Writer] = []
+        for node in primaries:
+            w = self._open_writer(node, part, account, container, obj)
+            while w is None:
+                spare = next(handoffs, None)
+                if spare is None:
+                    break
+                w = self._open_writer(spare, part, account, container, obj)
+            if w is not None:
+                writers.append(w)
+        need = quorum(len(primaries))
+        if len(writers) < need:
+            for w in writers:
+                w.abort()
+            raise InsufficientStorage(f"only {len(writers)} of {len(primaries)} devices are "
+                                      f"available for {account}/{container}/{obj}; "
+                                      f"{need} are needed", field="device")
+        return ReplicatedWriter(self, writers, need)
+
+    @staticmethod
+    def _open_writer(node: Node, part, account, container, obj) -> Writer | None:
+        try:
+            return node.manager.writer(node.name, part, account, container, obj)
+        except (ServiceUnavailable, OSError):
+            return None
+
+    def delete(self, account: str, container: str, obj: str, timestamp: str) -> bool:
+        """Tombstones on every replica; whether any replica had the object."""
+        part, primaries, _ = self.nodes(account, container, obj)
+
+        def one(node: Node):
+            try:
+                return node.manager.delete(node.name, part, account, container, obj, timestamp)
+            except OlderTimestamp:
+                return False
+            except (ServiceUnavailable, OSError):
+                return None
+        results = list(self._pool.map(one, primaries))
+        done = [r for r in results if r is not None]
+        if len(done) < quorum(len(primaries)):
+            raise InsufficientStorage("too few devices available to record the delete",
+                                      field="device")
+        return any(done)
+
+    # -- reads --
+    def open(self, account: str, container: str, obj: str) -> Reader:
+        """The newest good replica among the primaries (then handoffs)."""
+        part, primaries, handoffs = self.nodes(account, container, obj)
+        best: Reader | None = None
+        failures = 0
+        # Read every primary's metadata (one pread each) and keep the newest,
+        # so a replica that missed an overwrite never serves stale data.
+        for node in list(primaries) + list(handoffs)[: self.replicas]:
+            try:
+                r = node.manager.open(node.name, part, account, container, obj)
+            except NotFound:
+                continue
+            except (ServiceUnavailable, OSError, StackboxError):
+                failures += 1
+                continue
+            if best is None or r.timestamp > best.timestamp:
+                if best is not None:
+                    best.close()
+                best = r
+            else:
+                r.close()
+        if best is None:
+            if failures and failures >= len(primaries):
+                raise ServiceUnavailable("no device holding this object is available",
+                                         field="device")
+            raise NotFound(f"object {container}/{obj} not found", field="object")
+        return best
+
+    def head(self, account: str, container: str, obj: str) -> dict:
+        with self.open(account, container, obj) as r:
+            return dict(r.metadata)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+class ReplicatedWriter:
+    """One upload going to several replicas. write() sends each chunk to every
+    replica (page-cache writes, cheap); commit() makes them durable in
+    parallel and needs a quorum. A writer that fails mid-way is dropped; the
+    upload fails only when fewer than a quorum remain."""
+
+    def __init__(self, backend: ObjectBackend, writers: list[Writer], need: int):
+        self._backend = backend
+        self._writers = writers
+        self._need = need
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        alive = []
+        for w in self._writers:
+            try:
+                w.write(chunk)
+                alive.append(w)
+            except OSError:
+                w.abort()
+        self._writers = alive
+        self.size += len(chunk)
+        if len(alive) < self._need:
+            self.abort()
+            raise InsufficientStorage("too many devices failed during the upload "
+                                      "(disk full?)", field="device")
+
+    def commit(self, metadata: dict, timestamp: str) -> dict:
+        def one(w: Writer):
+            try:
+                return w.commit(metadata, timestamp=timestamp)
+            except OlderTimestamp as exc:
+                return exc
+            except OSError as exc:
+                return exc
+        if len(self._writers) == 1:
+            results = [one(self._writers[0])]
+        else:
+            results = list(self._backend._pool.map(one, self._writers))
+        good = [r for r in results if isinstance(r, dict)]
+        if good and len(good) >= self._need:
+            return good[0]
+        errors = [r for r in results if not isinstance(r, dict)]
+        for r in errors:
+            if isinstance(r, OlderTimestamp):
+                raise r
+        for r in results:
+            if isinstance(r, StackboxError):
+                raise r
+        raise InsufficientStorage(f"only {len(good)} replicas were written, {self._need} "
+                                  f"needed: {errors[:1]}", field="device")
+
+    def abort(self) -> None:
+        for w in self._writers:
+            w.abort()
