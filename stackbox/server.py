@@ -24,6 +24,9 @@ from stackbox.identity.service import IdentityService
 from stackbox.image.api import build_app as build_image_app
 from stackbox.image.drivers.local import LocalStore
 from stackbox.image.service import ImageService
+from stackbox.objectstore.bootstrap import build_service as build_objectstore
+from stackbox.objectstore.s3.api import build_s3_app, object_store_dispatcher, s3_settings
+from stackbox.objectstore.s3.store import ServiceStore
 
 log = logging.getLogger("stackbox.server")
 
@@ -56,6 +59,7 @@ class Cloud:
         self.db = Database(settings.database_url)
         self.identity = IdentityService(self.db, settings)
         self.image = ImageService(self.db, settings, LocalStore(settings.data_dir / "images"))
+        self.objectstore = build_objectstore(self.db, settings)
         self.started_at = utcnow()
 
     def prepare(self) -> None:
@@ -66,7 +70,11 @@ class Cloud:
         auth_url = lambda: self.settings.base_url("identity") + "/v3"  # noqa: E731
         return {self.settings.identity.port: build_identity_app(self.identity,
                                                                 auth_url=auth_url),
-                self.settings.image.port: build_image_app(self.image, validator=self.identity)}
+                self.settings.image.port: build_image_app(self.image, validator=self.identity),
+                self.settings.object_store.port: object_store_dispatcher(
+                    _swift_placeholder, build_s3_app(ServiceStore(self.objectstore),
+                                                     self.identity,
+                                                     **s3_settings(self.settings)))}
 
     async def housekeeping(self, stop: asyncio.Event) -> None:
         """Heartbeat for `stackbox status`, and signing-key rotation."""
@@ -81,6 +89,19 @@ class Cloud:
                 await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
             except asyncio.TimeoutError:
                 pass
+
+
+async def _swift_placeholder(scope, receive, send):
+    """Stands in for the Swift API (branch swift) on this branch: the version
+    document `stackbox up` waits for, and /healthcheck."""
+    from starlette.responses import JSONResponse, PlainTextResponse
+    if scope["path"] in ("/", ""):
+        response = JSONResponse({"versions": [{"id": "v1.0", "status": "CURRENT"}]})
+    elif scope["path"] == "/healthcheck":
+        response = PlainTextResponse("OK")
+    else:
+        response = PlainTextResponse("The Swift API is not in this build.", status_code=501)
+    await response(scope, receive, send)
 
 
 class _Server(uvicorn.Server):

@@ -25,7 +25,7 @@ CATALOG = {
     "image": ("image", "glance", ""),
     "network": ("network", "neutron", ""),
     "volume": ("block-storage", "cinder", "/v3/%(project_id)s"),
-    "object-store": ("object-store", "swift", "/v1/AUTH_%(project_id)s"),
+    "object_store": ("object-store", "swift", "/v1/AUTH_%(project_id)s"),
     "load-balancer": ("load-balancer", "octavia", ""),
 }
 
