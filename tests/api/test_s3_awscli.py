@@ -81,11 +81,10 @@ def test_s3_and_swift_share_data(cloud, aws):
     if not _swift_ready(cloud):
         pytest.skip("the Swift API is not in this build (branch swift)")
     import swiftclient
-    conn = swiftclient.Connection(authurl=cloud.auth_url, user="demo",
-                                  key=cloud.demo_password, auth_version="3",
-                                  os_options={"project_name": "demo",
-                                              "user_domain_name": "Default",
-                                              "project_domain_name": "Default"})
+    project = cloud.openstack("project", "show", "demo")["id"]
+    conn = swiftclient.Connection(
+        preauthurl=f"{aws.endpoint}/v1/AUTH_{project}",
+        preauthtoken=cloud.token("demo", cloud.demo_password, "demo"))
     bucket = f"sbx-{uuid.uuid4().hex[:10]}"
     aws("s3", "mb", f"s3://{bucket}")
     aws("s3api", "put-object", "--bucket", bucket, "--key", "from-s3",
