@@ -112,6 +112,26 @@ def assignment(base, row: dict, *, include_names: bool) -> dict:
     return out
 
 
+def _scoped_catalog(catalog: list[dict], project) -> list[dict]:
+    """Keystone fills %(project_id)s / %(tenant_id)s / $(project_id)s in
+    endpoint URLs from the token's project (Swift's /v1/AUTH_<id>); a token
+    without a project gets no such endpoint, as in Keystone."""
+    out = []
+    for svc in catalog:
+        eps = []
+        for ep in svc["endpoints"]:
+            url = ep["url"]
+            if "(project_id)s" in url or "(tenant_id)s" in url:
+                if project is None:
+                    continue
+                for key in ("%(project_id)s", "$(project_id)s", "%(tenant_id)s",
+                            "$(tenant_id)s"):
+                    url = url.replace(key, project.id)
+            eps.append(dict(ep, url=url))
+        out.append(dict(svc, endpoints=eps))
+    return out
+
+
 def token(info, catalog: list[dict] | None) -> dict:
     p = info.payload
     body = {"methods": info.methods,
@@ -131,7 +151,7 @@ def token(info, catalog: list[dict] | None) -> dict:
     if info.project is not None or info.domain is not None:
         body["roles"] = [{"id": r.id, "name": r.name} for r in info.roles]
         if catalog is not None:
-            body["catalog"] = catalog
+            body["catalog"] = _scoped_catalog(catalog, info.project)
     if info.app_cred is not None:
         body["application_credential"] = {"id": info.app_cred.id, "name": info.app_cred.name,
                                           "restricted": not info.app_cred.unrestricted}

@@ -207,11 +207,15 @@ class DiskFileManager:
 
     # -- lifecycle --
     def writer(self, device: str, partition: int, account: str, container: str,
-               obj: str) -> "Writer":
+               obj: str, *, hashing: bool = True) -> "Writer":
+        """hashing=False: the caller computes the md5 once for several
+        replicas and passes it to commit() as metadata["etag"]."""
         datadir = self.object_dir(device, partition, account, container, obj)
         tmpdir = os.path.join(self._device_dir(device), "tmp")
-        fsutil.makedirs_durable(tmpdir)
-        return Writer(self, datadir, object_path(account, container, obj), tmpdir)
+        if not os.path.isdir(tmpdir):
+            fsutil.makedirs_durable(tmpdir)
+        return Writer(self, datadir, object_path(account, container, obj), tmpdir,
+                      hashing=hashing)
 
     def open(self, device: str, partition: int, account: str, container: str,
              obj: str) -> "Reader":
@@ -345,11 +349,12 @@ class Writer:
     """Streams one upload to <device>/tmp; nothing is visible until commit.
     Use as a context manager: leaving the block without commit aborts."""
 
-    def __init__(self, mgr: DiskFileManager, datadir: str, name: str, tmpdir: str):
+    def __init__(self, mgr: DiskFileManager, datadir: str, name: str, tmpdir: str, *,
+                 hashing: bool = True):
         self._mgr, self.datadir, self.name = mgr, datadir, name
         fd, self._tmp = tempfile.mkstemp(dir=tmpdir, suffix=".tmp")
         self._file = os.fdopen(fd, "wb")
-        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._md5 = hashlib.md5(usedforsecurity=False) if hashing else None
         self._size = 0
         self._done = False
 
@@ -357,7 +362,8 @@ class Writer:
         if self._done:
             raise BadRequest("writer is already closed", field="body")
         self._file.write(chunk)
-        self._md5.update(chunk)
+        if self._md5 is not None:
+            self._md5.update(chunk)
         self._size += len(chunk)
         return len(chunk)
 
@@ -369,8 +375,14 @@ class Writer:
         try:
             if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
                 raise BadRequest("metadata must be a dict with string keys", field="metadata")
-            etag = self._md5.hexdigest()
             claimed = metadata.get("etag")
+            if self._md5 is None:
+                if not claimed:
+                    raise BadRequest("a writer without hashing needs the etag",
+                                     field="etag")
+                etag = str(claimed).strip('"').lower()
+            else:
+                etag = self._md5.hexdigest()
             if claimed is not None and str(claimed).strip('"').lower() != etag:
                 raise BadRequest(f"etag {claimed} does not match the data ({etag})", field="etag")
             if metadata.get("size") is not None and metadata["size"] != self._size:

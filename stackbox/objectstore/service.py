@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterable, Iterable, Iterator
 
 import anyio
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from stackbox.common.db import Database
 from stackbox.common.errors import (BadRequest, Conflict, Forbidden, NotFound, QuotaExceeded,
@@ -240,12 +240,13 @@ def check_metadata(meta: dict, *, kind: str, existing: dict | None = None) -> di
         key = name.lower()
         if not key:
             raise BadRequest(f"{kind} metadata name is empty", field=f"{kind}-meta")
+        header = f"X-{kind.title()}-Meta-{key}"
         if len(key.encode()) > MAX_META_NAME_LENGTH:
-            raise BadRequest(f"{kind} metadata name {name[:40]!r}... is longer than "
-                             f"{MAX_META_NAME_LENGTH} bytes", field=f"x-{kind}-meta-{key}")
+            raise BadRequest(f"Metadata name too long: {header[:60]}... is longer than "
+                             f"{MAX_META_NAME_LENGTH} bytes", field=header)
         if len(str(value).encode()) > MAX_META_VALUE_LENGTH:
-            raise BadRequest(f"{kind} metadata value of {name!r} is longer than "
-                             f"{MAX_META_VALUE_LENGTH} bytes", field=f"x-{kind}-meta-{key}")
+            raise BadRequest(f"Metadata value longer than {MAX_META_VALUE_LENGTH}: "
+                             f"{header}", field=header)
         if value == "" or value is None:
             merged.pop(key, None)
         else:
@@ -752,26 +753,31 @@ class ObjectStoreService:
     def _record(self, obj: ObjectInfo) -> None:
         """The listing row and the container counters, in one transaction.
         The first statement writes, so SQLite takes its write lock at once
-        (two readers upgrading to writers would fail with 'database locked')."""
-        key = (obj.account, obj.container)
-        with self.db.transaction() as s:
-            found = s.execute(update(Container).where(
-                Container.account == obj.account, Container.name == obj.container)
-                .values(object_count=Container.object_count)).rowcount
+        (two readers upgrading to writers would fail with 'database locked').
+        Core statements, not the ORM: this runs on every PUT."""
+        c_key = (Container.account == obj.account, Container.name == obj.container)
+        o_key = (Object.account == obj.account, Object.container == obj.container,
+                 Object.name == obj.name)
+        values = {"size": obj.size, "etag": obj.etag, "content_type": obj.content_type,
+                  "timestamp": obj.timestamp, "delete_at": obj.delete_at, "slo": obj.slo}
+        with self.db.engine.begin() as conn:
+            found = conn.execute(update(Container).where(*c_key).values(
+                object_count=Container.object_count)).rowcount
             if not found:
                 raise NotFound(f"container {obj.container} was deleted during the upload",
                                field="container")
-            row = s.get(Object, (obj.account, obj.container, obj.name))
-            if row is not None and row.timestamp >= obj.timestamp:
+            old = conn.execute(select(Object.size, Object.timestamp).where(*o_key)).first()
+            if old is not None and old.timestamp >= obj.timestamp:
                 return
-            dc, db_ = (0, obj.size - row.size) if row is not None else (1, obj.size)
-            if row is None:
-                row = Object(account=obj.account, container=obj.container, name=obj.name)
-                s.add(row)
-            row.size, row.etag, row.content_type = obj.size, obj.etag, obj.content_type
-            row.timestamp, row.delete_at, row.slo = obj.timestamp, obj.delete_at, obj.slo
-            s.execute(update(Container).where(
-                Container.account == key[0], Container.name == key[1]).values(
+            if old is None:
+                conn.execute(insert(Object).values(account=obj.account,
+                                                   container=obj.container, name=obj.name,
+                                                   **values))
+                dc, db_ = 1, obj.size
+            else:
+                conn.execute(update(Object).where(*o_key).values(**values))
+                dc, db_ = 0, obj.size - old.size
+            conn.execute(update(Container).where(*c_key).values(
                 object_count=Container.object_count + dc,
                 bytes_used=Container.bytes_used + db_))
 
@@ -833,19 +839,18 @@ class ObjectStoreService:
             raise NotFound(f"object {name} not found", field="object")
 
     def _unrecord(self, account: str, container: str, name: str, ts: str) -> bool:
-        with self.db.transaction() as s:
-            s.execute(update(Container).where(
-                Container.account == account, Container.name == container)
-                .values(object_count=Container.object_count))
-            row = s.get(Object, (account, container, name))
-            if row is None or row.timestamp >= ts:
+        c_key = (Container.account == account, Container.name == container)
+        o_key = (Object.account == account, Object.container == container, Object.name == name)
+        with self.db.engine.begin() as conn:
+            conn.execute(update(Container).where(*c_key).values(
+                object_count=Container.object_count))      # take the write lock first
+            old = conn.execute(select(Object.size, Object.timestamp).where(*o_key)).first()
+            if old is None or old.timestamp >= ts:
                 return False
-            size = row.size
-            s.delete(row)
-            s.execute(update(Container).where(
-                Container.account == account, Container.name == container).values(
+            conn.execute(delete(Object).where(*o_key))
+            conn.execute(update(Container).where(*c_key).values(
                 object_count=Container.object_count - 1,
-                bytes_used=Container.bytes_used - size))
+                bytes_used=Container.bytes_used - old.size))
             return True
 
     def expire(self, now: float | None = None, *, limit: int = 1000) -> int:
