@@ -24,6 +24,7 @@ from stackbox.identity.service import IdentityService
 from stackbox.image.api import build_app as build_image_app
 from stackbox.image.drivers.local import LocalStore
 from stackbox.image.service import ImageService
+from stackbox.objectstore.api import build_app as build_objectstore_app
 from stackbox.objectstore.bootstrap import build_service as build_objectstore
 from stackbox.objectstore.s3.api import build_s3_app, object_store_dispatcher, s3_settings
 from stackbox.objectstore.s3.store import ServiceStore
@@ -72,9 +73,22 @@ class Cloud:
                                                                 auth_url=auth_url),
                 self.settings.image.port: build_image_app(self.image, validator=self.identity),
                 self.settings.object_store.port: object_store_dispatcher(
-                    _swift_placeholder, build_s3_app(ServiceStore(self.objectstore),
-                                                     self.identity,
-                                                     **s3_settings(self.settings)))}
+                    build_objectstore_app(self.objectstore, validator=self.identity),
+                    build_s3_app(ServiceStore(self.objectstore), self.identity,
+                                 **s3_settings(self.settings)))}
+
+    async def expirer(self, stop: asyncio.Event) -> None:
+        """Removes objects whose X-Delete-At has passed (GET and listings hide
+        them already; this frees the space and fixes the counters)."""
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.objectstore.expire)
+            except Exception:
+                log.exception("object expirer pass failed; retrying")
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.object_store.expirer_interval)
+            except asyncio.TimeoutError:
+                pass
 
     async def housekeeping(self, stop: asyncio.Event) -> None:
         """Heartbeat for `stackbox status`, and signing-key rotation."""
@@ -89,19 +103,6 @@ class Cloud:
                 await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
             except asyncio.TimeoutError:
                 pass
-
-
-async def _swift_placeholder(scope, receive, send):
-    """Stands in for the Swift API (branch swift) on this branch: the version
-    document `stackbox up` waits for, and /healthcheck."""
-    from starlette.responses import JSONResponse, PlainTextResponse
-    if scope["path"] in ("/", ""):
-        response = JSONResponse({"versions": [{"id": "v1.0", "status": "CURRENT"}]})
-    elif scope["path"] == "/healthcheck":
-        response = PlainTextResponse("OK")
-    else:
-        response = PlainTextResponse("The Swift API is not in this build.", status_code=501)
-    await response(scope, receive, send)
 
 
 class _Server(uvicorn.Server):
@@ -146,12 +147,13 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
 
     async def main():
         stop = asyncio.Event()
-        chores = asyncio.create_task(cloud.housekeeping(stop))
+        chores = [asyncio.create_task(cloud.housekeeping(stop)),
+                  asyncio.create_task(cloud.expirer(stop))]
         try:
             await server.serve(sockets=sockets)
         finally:
             stop.set()
-            await chores
+            await asyncio.gather(*chores)
 
     try:
         log.info("stackbox %s serving %s", __version__, settings.service_ports())

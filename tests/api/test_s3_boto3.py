@@ -416,3 +416,18 @@ def test_aws_chunked_bad_chunk_signature_stores_nothing(endpoint, ec2, s3, bucke
     assert r.status_code == 403 and b"SignatureDoesNotMatch" in r.content
     with pytest.raises(ClientError):
         s3.head_object(Bucket=bucket, Key="badchunk")
+
+
+def test_corrupt_replica_is_not_served(cloud, s3, bucket):
+    """One replica's bytes flipped on disk: S3 GETs still return the right data."""
+    data = os.urandom(70_000)
+    s3.put_object(Bucket=bucket, Key="fragile", Body=data)
+    copies = [p for p in (cloud.data_dir / "objects").rglob("*") if p.is_file()
+              and len(data) <= p.stat().st_size < len(data) + 65536
+              and data[:4096] in p.read_bytes()]
+    assert len(copies) >= 2, copies
+    raw = bytearray(copies[0].read_bytes())
+    raw[raw.index(data[:4096]) + 100] ^= 0xFF
+    copies[0].write_bytes(bytes(raw))
+    for _ in range(3):
+        assert s3.get_object(Bucket=bucket, Key="fragile")["Body"].read() == data

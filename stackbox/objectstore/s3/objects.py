@@ -15,6 +15,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool as ca
 from starlette.responses import Response, StreamingResponse
 
 from stackbox.common import errors
+from stackbox.objectstore.errors import Quarantined
 from stackbox.objectstore.s3 import xml
 from stackbox.objectstore.s3.body import Payload
 from stackbox.objectstore.s3.errors import S3Error, invalid_argument, no_such_key
@@ -185,7 +186,17 @@ class ObjectHandlers:
         return Response(status_code=200, headers={"ETag": f'"{info.etag}"'})
 
     def _get(self, ctx, bucket, key, request_headers, head: bool):
-        """One worker call: open, check conditions and range, read a small body."""
+        """One worker call: open, check conditions and range, read a small body.
+        A replica found corrupt while being read is quarantined by the store;
+        the next open reads another replica."""
+        for _attempt in range(3):
+            try:
+                return self._get_once(ctx, bucket, key, request_headers, head)
+            except Quarantined:
+                continue
+        return self._get_once(ctx, bucket, key, request_headers, head)
+
+    def _get_once(self, ctx, bucket, key, request_headers, head: bool):
         account = account_of(ctx)
         if head:
             info, reader = self.store.head_object(ctx, account, bucket, key), None
