@@ -431,3 +431,30 @@ def test_corrupt_replica_is_not_served(cloud, s3, bucket):
     copies[0].write_bytes(bytes(raw))
     for _ in range(3):
         assert s3.get_object(Bucket=bucket, Key="fragile")["Body"].read() == data
+
+
+def test_body_that_stops_early_leaves_nothing(endpoint, ec2, s3, bucket):
+    import socket
+    data = os.urandom(3 * MiB)
+    aws = AWSRequest(method="PUT", url=f"{endpoint}/{bucket}/cut", data=data)
+    S3SigV4Auth(Credentials(*ec2), "s3", "RegionOne").add_auth(aws)
+    host, port = endpoint.rsplit("/", 1)[1].split(":")
+    head = f"PUT /{bucket}/cut HTTP/1.1\r\n" + "".join(
+        f"{k}: {v}\r\n" for k, v in aws.headers.items()) + \
+        f"Host: {host}:{port}\r\nContent-Length: {len(data)}\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + data[:MiB + 123])
+        time.sleep(0.5)
+    time.sleep(1)
+    with pytest.raises(ClientError) as e:
+        s3.head_object(Bucket=bucket, Key="cut")
+    assert code_of(e)[1] == 404
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+
+
+def test_key_with_nul_is_refused(s3, bucket):
+    # the HTTP server refuses %00 in a path before the API sees it
+    with pytest.raises(ClientError) as e:
+        s3.put_object(Bucket=bucket, Key="a\x00b", Body=b"x")
+    assert code_of(e)[1] == 400
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket)

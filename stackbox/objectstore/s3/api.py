@@ -15,7 +15,7 @@ import re
 from urllib.parse import quote, urlsplit
 
 from starlette.concurrency import run_in_threadpool as call
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from stackbox.common import errors
@@ -126,6 +126,10 @@ class S3Api:
             scope[CONTEXT_KEY] = ctx
             handler = self.route(request.method, bucket, key, request.query_params)
             response = await handler(request, ctx, verified, bucket, key)
+        except ClientDisconnect:
+            # the body stopped early: the store discarded the partial object
+            log.info("S3 %s %s: client went away mid-body", request.method, request.url.path)
+            return
         except Exception as exc:  # noqa: BLE001 - every error leaves as S3 XML
             err = to_s3_error(exc, bucket=bucket, key=key)
             if err.status >= 500:
