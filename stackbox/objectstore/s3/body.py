@@ -10,10 +10,13 @@ import hashlib
 import zlib
 from typing import AsyncIterator
 
+import anyio
+
 from stackbox.objectstore.s3 import sigv4
 from stackbox.objectstore.s3.errors import S3Error
 
 MAX_PUT_SIZE = 5 * 1024 ** 3
+HASH_BATCH = 1024 * 1024
 
 
 def _int_header(value: str | None, name: str) -> int | None:
@@ -59,30 +62,46 @@ class Payload:
         else:
             self.content_md5 = None
         self.crc32 = headers.get("x-amz-checksum-crc32")
-        self.md5 = hashlib.md5()
+        # the store computes the ETag itself; MD5 here only to check Content-MD5
+        self.md5 = hashlib.md5() if self.content_md5 is not None else None
+        self.sha = None
+        self.crc = 0
+
+    def _digest(self, data: bytes) -> None:
+        if self.sha is not None:
+            self.sha.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
+        if self.crc32 is not None:
+            self.crc = zlib.crc32(data, self.crc)
 
     async def chunks(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Yields decoded payload bytes; raises S3Error when a check fails."""
+        """Yields decoded payload bytes; raises S3Error when a check fails.
+
+        Bytes are gathered up to HASH_BATCH and hashed in a worker thread
+        (hashlib and zlib release the GIL), so a large upload does not hold
+        the event loop; a small body is hashed in place."""
         v = self.verified
         decoder = sigv4.AwsChunkedDecoder(v, decoded_length=self.size) if self.chunked else None
-        sha = hashlib.sha256() if not self.chunked and v.payload != sigv4.UNSIGNED_PAYLOAD \
+        self.sha = hashlib.sha256() if not self.chunked and v.payload != sigv4.UNSIGNED_PAYLOAD \
             else None
-        crc = 0
+        self.crc = 0
         total = 0
+        buf = bytearray()
         async for raw in stream:
             data = decoder.feed(raw) if decoder else raw
             if not data:
                 continue
-            if sha is not None:
-                sha.update(data)
-            self.md5.update(data)
-            if self.crc32 is not None:
-                crc = zlib.crc32(data, crc)
             total += len(data)
             if self.size is not None and total > self.size:
                 raise S3Error("IncompleteBody", "The body is longer than its declared "
                               "length.", 400)
-            yield data
+            buf += data
+            if len(buf) >= HASH_BATCH:
+                batch = bytes(buf)
+                buf.clear()
+                await anyio.to_thread.run_sync(self._digest, batch)
+                yield batch
         if decoder:
             decoder.finish()
             if "x-amz-checksum-crc32" in decoder.trailers:
@@ -90,16 +109,24 @@ class Payload:
         if self.size is not None and total != self.size:
             raise S3Error("IncompleteBody", "You did not provide the number of bytes "
                           "specified by the Content-Length HTTP header.", 400)
-        if sha is not None and sha.hexdigest() != v.payload:
+        if buf:
+            self._digest(bytes(buf))
+        self._check()
+        if buf:
+            yield bytes(buf)
+
+    def _check(self) -> None:
+        v = self.verified
+        if self.sha is not None and self.sha.hexdigest() != v.payload:
             raise S3Error("XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' "
                           "header does not match what was computed.", 400,
                           ClientComputedContentSHA256=v.payload,
-                          S3ComputedContentSHA256=sha.hexdigest())
+                          S3ComputedContentSHA256=self.sha.hexdigest())
         if self.content_md5 is not None and self.md5.digest() != self.content_md5:
             raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
                           "received.", 400)
         if self.crc32 is not None and self.crc32 != base64.b64encode(
-                crc.to_bytes(4, "big")).decode():
+                self.crc.to_bytes(4, "big")).decode():
             raise S3Error("BadDigest", "The CRC32 you specified did not match the calculated "
                           "checksum.", 400)
 
