@@ -458,3 +458,35 @@ def test_key_with_nul_is_refused(s3, bucket):
         s3.put_object(Bucket=bucket, Key="a\x00b", Body=b"x")
     assert code_of(e)[1] == 400
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+
+
+def _unsigned_trailer_put(endpoint, ec2, path, data, crc_b64):
+    """STREAMING-UNSIGNED-PAYLOAD-TRAILER, as botocore sends over HTTPS: plain
+    aws-chunked framing and an x-amz-checksum-crc32 trailer."""
+    class Trailer(S3SigV4Auth):
+        def payload(self, request):
+            return "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+
+    aws = AWSRequest(method="PUT", url=endpoint + path, headers={
+        "Content-Encoding": "aws-chunked", "x-amz-decoded-content-length": str(len(data)),
+        "x-amz-trailer": "x-amz-checksum-crc32"})
+    Trailer(Credentials(*ec2), "s3", "RegionOne").add_auth(aws)
+    body = bytearray()
+    for piece in [data[i:i + 65536] for i in range(0, len(data), 65536)]:
+        body += f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+    body += f"0\r\nx-amz-checksum-crc32:{crc_b64}\r\n\r\n".encode()
+    return requests.put(endpoint + path, data=bytes(body), headers=dict(aws.headers.items()),
+                        timeout=60)
+
+
+def test_unsigned_trailer_upload_checks_its_crc32(endpoint, ec2, s3, bucket):
+    import zlib
+    data = os.urandom(3 * MiB + 5)
+    good = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    r = _unsigned_trailer_put(endpoint, ec2, f"/{bucket}/trailer", data, good)
+    assert r.status_code == 200, r.text
+    assert s3.get_object(Bucket=bucket, Key="trailer")["Body"].read() == data
+    r = _unsigned_trailer_put(endpoint, ec2, f"/{bucket}/trailer2", data, "AAAAAA==")
+    assert r.status_code == 400 and b"BadDigest" in r.content
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=bucket, Key="trailer2")

@@ -62,6 +62,9 @@ class Payload:
         else:
             self.content_md5 = None
         self.crc32 = headers.get("x-amz-checksum-crc32")
+        # a CRC32 announced as a trailer arrives after the data it covers
+        self.want_crc = self.crc32 is not None or "x-amz-checksum-crc32" in (
+            headers.get("x-amz-trailer") or "").lower()
         # the store computes the ETag itself; MD5 here only to check Content-MD5
         self.md5 = hashlib.md5() if self.content_md5 is not None else None
         self.sha = None
@@ -72,7 +75,7 @@ class Payload:
             self.sha.update(data)
         if self.md5 is not None:
             self.md5.update(data)
-        if self.crc32 is not None:
+        if self.want_crc:
             self.crc = zlib.crc32(data, self.crc)
 
     async def chunks(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -106,6 +109,9 @@ class Payload:
             decoder.finish()
             if "x-amz-checksum-crc32" in decoder.trailers:
                 self.crc32 = decoder.trailers["x-amz-checksum-crc32"]
+                if not self.want_crc:
+                    raise S3Error("InvalidRequest", "The x-amz-checksum-crc32 trailer was "
+                                  "not announced in x-amz-trailer.", 400)
         if self.size is not None and total != self.size:
             raise S3Error("IncompleteBody", "You did not provide the number of bytes "
                           "specified by the Content-Length HTTP header.", 400)
