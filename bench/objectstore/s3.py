@@ -2,7 +2,7 @@
 """S3 API benchmark: stackbox's S3 beside real OpenStack Swift's s3api.
 
     .venv/bin/python bench/objectstore/s3.py [--rounds 3] [--n 2000] [-c 16]
-        [--size 4096] [--replicas 3] [--no-peer]
+        [--size 4096] [--replicas 3] [--large-n 2] [--large-mib 64] [--no-peer]
 
 Starts its own stackbox (temporary data dir, free loopback ports) with EC2
 credentials made through the identity API, and, unless --no-peer, the Swift
@@ -232,6 +232,35 @@ def small(t: Target, n, conc, size) -> dict:
     return out
 
 
+def large(t: Target, count: int, mib: int) -> dict:
+    """`count` objects of `mib` MiB, one stream: single PutObject, then GetObject
+    read through and md5-checked; MB/s at the median."""
+    import hashlib
+    c = t.client()
+    bucket = f"s3bench-large-{int(time.time() * 1000)}"
+    c.create_bucket(Bucket=bucket)
+    body = bytearray(os.urandom(mib << 20))
+    puts, gets = [], []
+    for i in range(count):
+        body[:8] = i.to_bytes(8, "big")
+        data = bytes(body)
+        md5 = hashlib.md5(data).hexdigest()
+        t0 = time.perf_counter()
+        c.put_object(Bucket=bucket, Key=f"big{i}", Body=data)
+        puts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        stream = c.get_object(Bucket=bucket, Key=f"big{i}")["Body"]
+        h = hashlib.md5()
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            h.update(chunk)
+        gets.append(time.perf_counter() - t0)
+        assert h.hexdigest() == md5
+        c.delete_object(Bucket=bucket, Key=f"big{i}")
+    c.delete_bucket(Bucket=bucket)
+    mb = (mib << 20) / 1e6
+    return {"PUT": mb / statistics.median(puts), "GET": mb / statistics.median(gets)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -239,6 +268,8 @@ def main(argv=None) -> int:
     ap.add_argument("-c", type=int, default=16)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--large-n", type=int, default=2, help="0 skips the large objects")
+    ap.add_argument("--large-mib", type=int, default=64)
     ap.add_argument("--no-peer", action="store_true")
     a = ap.parse_args(argv)
 
@@ -252,14 +283,21 @@ def main(argv=None) -> int:
         if peer:
             targets.append(peer.start())
         results: dict[str, list] = {t.name: [] for t in targets}
+        larges: dict[str, list] = {t.name: [] for t in targets}
         for rnd in range(a.rounds):
-            for t in (targets if rnd % 2 == 0 else list(reversed(targets))):
+            order = targets if rnd % 2 == 0 else list(reversed(targets))
+            for t in order:
                 s = small(t, a.n, a.c, a.size)
                 results[t.name].append(s)
                 print(f"round {rnd + 1} {t.name:<11} " + "  ".join(
                     f"{k} {v['ops']:.0f}/s p50 {v['p50']:.1f} p99 {v['p99']:.1f} "
                     f"cpu {v['cpu_ms']:.2f} ms err {v['errors']}" for k, v in s.items()),
                     flush=True)
+            for t in (order if a.large_n else ()):
+                lg = large(t, a.large_n, a.large_mib)
+                larges[t.name].append(lg)
+                print(f"round {rnd + 1} {t.name:<11} {a.large_mib} MiB PUT {lg['PUT']:.0f} MB/s "
+                      f"GET {lg['GET']:.0f} MB/s", flush=True)
         print(f"\nS3 via boto3, medians over {a.rounds} rounds; {a.size} B objects, n={a.n}, "
               f"c={a.c}; stackbox replicas={a.replicas}, peer replicas=1")
         print("(cpu: server CPU ms per request; the machine is shared, so ops/s move with "
@@ -274,6 +312,11 @@ def main(argv=None) -> int:
             print(f"{name:<12} " + " ".join(
                 f"{row[op, 'ops']:>7.0f} {row[op, 'p50']:>6.1f} {row[op, 'p99']:>6.1f} "
                 f"{row[op, 'cpu_ms']:>5.2f}" for op in ("PUT", "GET", "DELETE")))
+        for name, runs in larges.items():
+            if runs:
+                print(f"{name:<12} {a.large_mib} MiB one stream: PUT "
+                      f"{statistics.median(r['PUT'] for r in runs):.0f} MB/s, GET "
+                      f"{statistics.median(r['GET'] for r in runs):.0f} MB/s")
         if "swift-s3api" in med:
             print("stackbox vs swift-s3api: " + " ".join(
                 f"{op} {med['stackbox'][op, 'ops'] / med['swift-s3api'][op, 'ops']:.1f}x"

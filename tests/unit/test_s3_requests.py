@@ -107,3 +107,26 @@ def test_s3_settings():
     assert kw["regions"] == ("RegionOne", "us-east-1") and kw["base_domains"] == ("localhost",)
     s = Settings(api={"public_base_url": "https://cloud.example.com"})
     assert s3_settings(s)["base_domains"] == ("cloud.example.com", "localhost")
+
+
+def test_routing_by_subresource():
+    from stackbox.objectstore.s3.api import S3Api
+    api = S3Api.__new__(S3Api)
+    api.objects = type("O", (), {n: n for n in (
+        "upload_part", "list_parts", "abort_multipart_upload", "complete_multipart_upload",
+        "create_multipart_upload", "put_object", "get_object", "delete_object",
+        "list_multipart_uploads", "delete_objects")})()
+    assert api.route("GET", "b", None, {"location": ""}) == api.get_bucket_location
+    assert api.route("GET", "b", None, {"list-type": "2"}) == api.list_objects
+    assert api.route("PUT", "b", None, {}) == api.create_bucket
+    assert api.route("PUT", "b", "k", {"partNumber": "1", "uploadId": "u"}) == "upload_part"
+    assert api.route("POST", "b", "k", {"uploads": ""}) == "create_multipart_upload"
+    assert api.route("GET", "b", "k", {"response-content-type": "x"}) == "get_object"
+    for method, key, query in (("PUT", None, {"versioning": ""}), ("GET", "k", {"acl": ""}),
+                               ("PUT", None, {"tagging": ""}), ("DELETE", None, {"cors": ""})):
+        with pytest.raises(S3Error) as e:
+            api.route(method, "b", key, query)
+        assert e.value.status == 501, (method, query)
+    with pytest.raises(S3Error) as e:
+        api.route("POST", "b", "k", {})
+    assert e.value.status == 405

@@ -16,7 +16,7 @@ from urllib.parse import quote, urlsplit
 
 from starlette.concurrency import run_in_threadpool as call
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from stackbox.common import errors
 from stackbox.common.http.middleware import (CONTEXT_KEY, REQUEST_ID_KEY, AccessLogMiddleware,
@@ -40,6 +40,7 @@ UNSUPPORTED = {"acl", "policy", "cors", "lifecycle", "website", "logging", "noti
                "requestPayment", "inventory", "analytics", "metrics", "ownershipControls",
                "publicAccessBlock", "intelligent-tiering", "restore", "select", "torrent",
                "retention", "legal-hold", "attributes", "versions"}
+SUBRESOURCES = UNSUPPORTED | {"location", "uploads", "versioning", "delete", "uploadId"}
 
 
 def to_s3_error(exc: Exception, *, bucket: str | None, key: str | None) -> S3Error:
@@ -171,10 +172,9 @@ class S3Api:
         return bucket, key
 
     def route(self, method: str, bucket, key, query):
-        sub = next((s for s in UNSUPPORTED if s in query), None)
-        if sub:
-            raise S3Error("NotImplemented", f"The '{sub}' sub-resource is not implemented by "
-                          "this server.", 501)
+        """The handler of (method, sub-resource) at the service, bucket or object
+        level. A sub-resource this server does not handle is 501, never the
+        plain operation (PUT ?versioning must not create a bucket)."""
         if bucket is None:
             if method == "GET":
                 return self.list_buckets
@@ -199,11 +199,15 @@ class S3Api:
                      ("HEAD", None): self.objects.get_object,
                      ("DELETE", None): self.objects.delete_object}
             level = "OBJECT"
-        for (m, s), handler in table.items():
-            if m == method and (s is None or s in query):
-                if s is None and any((m, q) in table for q in query if q):
-                    continue
-                return handler
+        subs = [q for q in query if q in SUBRESOURCES]
+        for sub in subs:
+            if (method, sub) in table:
+                return table[method, sub]
+        if subs:
+            raise S3Error("NotImplemented", f"{method} with the '{subs[0]}' sub-resource is "
+                          f"not implemented by this server.", 501)
+        if (method, None) in table:
+            return table[method, None]
         raise S3Error("MethodNotAllowed", "The specified method is not allowed against this "
                       "resource.", 405, Method=method, ResourceType=level)
 
