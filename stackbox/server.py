@@ -34,6 +34,8 @@ from stackbox.objectstore.api import build_app as build_objectstore_app
 from stackbox.objectstore.auditor import Auditor
 from stackbox.objectstore.replicator import Replicator
 from stackbox.objectstore.bootstrap import build_service as build_objectstore
+from stackbox.objectstore.s3.api import build_s3_app, object_store_dispatcher, s3_settings
+from stackbox.objectstore.s3.store import ServiceStore
 
 log = logging.getLogger("stackbox.server")
 
@@ -89,8 +91,10 @@ class Cloud:
                     make_resolver(self.compute.consume_console_token,
                                   self.compute_agent.driver.console_endpoint),
                     novnc_dir=find_novnc(self.settings.compute.novnc_dir)),
-                self.settings.object_store.port: build_objectstore_app(
-                    self.objectstore, validator=self.identity)}
+                self.settings.object_store.port: object_store_dispatcher(
+                    build_objectstore_app(self.objectstore, validator=self.identity),
+                    build_s3_app(ServiceStore(self.objectstore), self.identity,
+                                 **s3_settings(self.settings)))}
 
     def console_url(self, protocol: str, token: str) -> str:
         return console_url(console_base_url(self.settings), protocol, token)

@@ -763,6 +763,30 @@ class IdentityService:
             s.add(c)
         return c
 
+    def ec2_identity(self, access: str) -> tuple[str, RequestContext] | None:
+        """For S3 SigV4: the secret of an EC2 access key and the caller it stands
+        for (effective roles on its project). None when the key is unknown or its
+        user, project or their domains are disabled or the user lost every role.
+        No policy check: knowing the access key is not proof, the signature is."""
+        with self.db.read() as s:
+            c = s.get(Ec2Credential, access)
+            if c is None:
+                return None
+            user, project = s.get(User, c.user_id), s.get(Project, c.project_id)
+            if (user is None or project is None or not user.enabled or not project.enabled
+                    or not all(d is not None and d.enabled for d in (
+                        s.get(Domain, user.domain_id), s.get(Domain, project.domain_id)))):
+                return None
+            roles = effective_roles(s, user.id, project.id, None)
+            if not roles:
+                return None
+            ctx = RequestContext(
+                request_id="-", user_id=user.id, user_name=user.name,
+                user_domain_id=user.domain_id, project_id=project.id,
+                project_name=project.name, project_domain_id=project.domain_id,
+                roles=tuple(sorted(r.name for r in roles)), methods=("ec2credential",))
+            return c.secret, ctx
+
     def delete_ec2(self, ctx, user_id: str, access: str) -> None:
         enforce(ctx, "ec2_delete_credential", {"user_id": user_id})
         with self.db.transaction() as s:

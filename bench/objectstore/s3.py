@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""S3 API benchmark: stackbox's S3 beside real OpenStack Swift's s3api.
+
+    .venv/bin/python bench/objectstore/s3.py [--rounds 3] [--n 2000] [-c 16]
+        [--size 4096] [--replicas 3] [--large-n 2] [--large-mib 64] [--no-peer]
+
+Starts its own stackbox (temporary data dir, free loopback ports) with EC2
+credentials made through the identity API, and, unless --no-peer, the Swift
+2.30 peer from ../shared/peers/swift (start.sh; s3api with tempauth's
+test:tester/testing; its default policy has 1 replica). Both are driven by the
+same client: one boto3 client per thread, path-style, SigV4, the CRC32
+checksum turned off as in the peer's own bench client. Rounds interleave the
+systems (the machine is shared) and the table shows medians. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+PEER_DIR = Path(__file__).resolve().parents[2].parent.parent / "shared" / "peers" / "swift"
+if not PEER_DIR.exists():
+    PEER_DIR = Path("/work/shared/peers/swift")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(vals, q):
+    if not vals:
+        return float("nan")
+    return vals[min(len(vals) - 1, max(0, int(round(q / 100 * len(vals))) - 1))]
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pgids: set[int]) -> float:
+    """utime+stime of every process in the given process groups."""
+    total = 0.0
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rindex(")") + 2:].split()
+        if int(fields[2]) in pgids:
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+class Target:
+    def __init__(self, name, url, access, secret, region, pgids=lambda: set()):
+        self.name, self.url, self.access, self.secret, self.region = (
+            name, url, access, secret, region)
+        self.pgids = pgids    # the server's process groups, for its CPU per request
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+        cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                     max_pool_connections=2, connect_timeout=10, read_timeout=60,
+                     request_checksum_calculation="when_required",
+                     response_checksum_validation="when_required")
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.url, aws_access_key_id=self.access,
+            aws_secret_access_key=self.secret, region_name=self.region, config=cfg)
+
+
+def _post_json(url, body, token=None):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["X-Auth-Token"] = token
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.headers, json.loads(r.read())
+
+
+class Stackbox:
+    def __init__(self, root: Path, replicas: int):
+        self.root = root
+        self.data = root / "data"
+        self.ports = {"identity": free_port(), "image": free_port(),
+                      "object_store": free_port()}
+        self.config = root / "stackbox.toml"
+        self.config.write_text(
+            f"[identity]\nport = {self.ports['identity']}\n"
+            f"[image]\nport = {self.ports['image']}\n"
+            f"[object_store]\nport = {self.ports['object_store']}\nreplicas = {replicas}\n"
+            f"devices = {max(3, replicas)}\n")
+
+    def _cli(self, *args):
+        return subprocess.run([str(VENV_BIN / "stackbox"), *args, "--config", str(self.config),
+                               "--data-dir", str(self.data)], capture_output=True, text=True,
+                              timeout=120, check=True)
+
+    def start(self) -> Target:
+        import yaml
+        self._cli("up", "--detach")
+        clouds = yaml.safe_load((self.data / "clouds.yaml").read_text())["clouds"]
+        password = clouds["stackbox"]["auth"]["password"]
+        auth = f"http://127.0.0.1:{self.ports['identity']}/v3"
+        headers, body = _post_json(f"{auth}/auth/tokens", {"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "admin", "domain": {"id": "default"}, "password": password}}},
+            "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}})
+        token = headers["X-Subject-Token"]
+        user, project = body["token"]["user"]["id"], body["token"]["project"]["id"]
+        _, cred = _post_json(f"{auth}/users/{user}/credentials/OS-EC2",
+                             {"tenant_id": project}, token)
+        cred = cred["credential"]
+        pid = int((self.data / "stackbox.pid").read_text())
+        return Target("stackbox", f"http://127.0.0.1:{self.ports['object_store']}",
+                      cred["access"], cred["secret"], "RegionOne",
+                      pgids=lambda: {os.getpgid(pid)})
+
+    def stop(self):
+        try:
+            self._cli("down")
+        except subprocess.CalledProcessError:
+            pass
+
+
+class Peer:
+    def __init__(self, base: Path):
+        self.base = base
+        self.env = dict(os.environ, PEER_SWIFT_BASE=str(base),
+                        SWIFT_PROXY_PORT=str(free_port()), SWIFT_OBJ_PORT=str(free_port()),
+                        SWIFT_CONT_PORT=str(free_port()), SWIFT_ACC_PORT=str(free_port()),
+                        SWIFT_MC_PORT=str(free_port()))
+        self.port = int(self.env["SWIFT_PROXY_PORT"])
+
+    def start(self) -> Target:
+        subprocess.run([str(PEER_DIR / "start.sh")], env=self.env, check=True, timeout=300,
+                       capture_output=True)
+        return Target("swift-s3api", f"http://127.0.0.1:{self.port}", "test:tester",
+                      "testing", "us-east-1", pgids=self.pgids)
+
+    def pgids(self) -> set[int]:
+        out = set()
+        for f in (self.base / "run").glob("*.pid"):
+            try:
+                out.add(int(f.read_text().strip()))
+            except ValueError:
+                pass
+        return out
+
+    def stop(self):
+        subprocess.run([str(PEER_DIR / "stop.sh"), "--purge"], env=self.env, timeout=120,
+                       capture_output=True)
+
+
+def run_threads(clients, n, op):
+    counter = itertools.count()
+    conc = len(clients)
+    lats = [[] for _ in range(conc)]
+    errs = [0] * conc
+    barrier = threading.Barrier(conc + 1)
+
+    def worker(k):
+        barrier.wait()
+        while True:
+            i = next(counter)
+            if i >= n:
+                return
+            t = time.perf_counter()
+            try:
+                ok = op(clients[k], i)
+            except Exception as e:      # count and go on
+                ok = False
+                if errs[k] < 2:
+                    print(f"  error #{i}: {e!r}", file=sys.stderr)
+            lats[k].append(time.perf_counter() - t)
+            errs[k] += 0 if ok else 1
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(conc)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, sorted(itertools.chain.from_iterable(lats)), sum(errs)
+
+
+def small(t: Target, n, conc, size) -> dict:
+    clients = [t.client() for _ in range(conc)]
+    bucket = f"s3bench-{int(time.time() * 1000)}"
+    clients[0].create_bucket(Bucket=bucket)
+    for c in clients:                 # warm each connection pool outside the timing
+        c.head_bucket(Bucket=bucket)
+    payload = [os.urandom(size) for _ in range(n)]
+
+    def put(c, i):
+        r = c.put_object(Bucket=bucket, Key=f"o{i:06d}", Body=payload[i])
+        return r["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+    def get(c, i):
+        return c.get_object(Bucket=bucket, Key=f"o{i:06d}")["Body"].read() == payload[i]
+
+    def delete(c, i):
+        r = c.delete_object(Bucket=bucket, Key=f"o{i:06d}")
+        return r["ResponseMetadata"]["HTTPStatusCode"] == 204
+
+    out = {}
+    pgids = t.pgids()
+    for name, op in (("PUT", put), ("GET", get), ("DELETE", delete)):
+        cpu0 = cpu_seconds(pgids)
+        wall, lats, errs = run_threads(clients, n, op)
+        out[name] = {"ops": n / wall, "p50": 1000 * pct(lats, 50), "p99": 1000 * pct(lats, 99),
+                     "errors": errs, "cpu_ms": 1000 * (cpu_seconds(pgids) - cpu0) / n}
+    clients[0].delete_bucket(Bucket=bucket)
+    return out
+
+
+def large(t: Target, count: int, mib: int) -> dict:
+    """`count` objects of `mib` MiB, one stream: single PutObject, then GetObject
+    read through and md5-checked; MB/s at the median."""
+    import hashlib
+    c = t.client()
+    bucket = f"s3bench-large-{int(time.time() * 1000)}"
+    c.create_bucket(Bucket=bucket)
+    body = bytearray(os.urandom(mib << 20))
+    puts, gets = [], []
+    for i in range(count):
+        body[:8] = i.to_bytes(8, "big")
+        data = bytes(body)
+        md5 = hashlib.md5(data).hexdigest()
+        t0 = time.perf_counter()
+        c.put_object(Bucket=bucket, Key=f"big{i}", Body=data)
+        puts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        stream = c.get_object(Bucket=bucket, Key=f"big{i}")["Body"]
+        h = hashlib.md5()
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            h.update(chunk)
+        gets.append(time.perf_counter() - t0)
+        assert h.hexdigest() == md5
+        c.delete_object(Bucket=bucket, Key=f"big{i}")
+    c.delete_bucket(Bucket=bucket)
+    mb = (mib << 20) / 1e6
+    return {"PUT": mb / statistics.median(puts), "GET": mb / statistics.median(gets)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("-c", type=int, default=16)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--large-n", type=int, default=2, help="0 skips the large objects")
+    ap.add_argument("--large-mib", type=int, default=64)
+    ap.add_argument("--no-peer", action="store_true")
+    a = ap.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="sbx-bench-s3-"))
+    (root / "stackbox").mkdir()
+    sbx = Stackbox(root / "stackbox", a.replicas)
+    peer = None if a.no_peer else Peer(root / "peer")
+    targets: list[Target] = []
+    try:
+        targets.append(sbx.start())
+        if peer:
+            targets.append(peer.start())
+        results: dict[str, list] = {t.name: [] for t in targets}
+        larges: dict[str, list] = {t.name: [] for t in targets}
+        for rnd in range(a.rounds):
+            order = targets if rnd % 2 == 0 else list(reversed(targets))
+            for t in order:
+                s = small(t, a.n, a.c, a.size)
+                results[t.name].append(s)
+                print(f"round {rnd + 1} {t.name:<11} " + "  ".join(
+                    f"{k} {v['ops']:.0f}/s p50 {v['p50']:.1f} p99 {v['p99']:.1f} "
+                    f"cpu {v['cpu_ms']:.2f} ms err {v['errors']}" for k, v in s.items()),
+                    flush=True)
+            for t in (order if a.large_n else ()):
+                lg = large(t, a.large_n, a.large_mib)
+                larges[t.name].append(lg)
+                print(f"round {rnd + 1} {t.name:<11} {a.large_mib} MiB PUT {lg['PUT']:.0f} MB/s "
+                      f"GET {lg['GET']:.0f} MB/s", flush=True)
+        print(f"\nS3 via boto3, medians over {a.rounds} rounds; {a.size} B objects, n={a.n}, "
+              f"c={a.c}; stackbox replicas={a.replicas}, peer replicas=1")
+        print("(cpu: server CPU ms per request; the machine is shared, so ops/s move with "
+              "other load and cpu ms/op much less)")
+        print(f"{'system':<12} {'PUT/s':>7} {'p50':>6} {'p99':>6} {'cpu':>5} {'GET/s':>7} "
+              f"{'p50':>6} {'p99':>6} {'cpu':>5} {'DEL/s':>7} {'p50':>6} {'p99':>6} {'cpu':>5}")
+        med = {}
+        for name, runs in results.items():
+            row = {(op, k): statistics.median(r[op][k] for r in runs)
+                   for op in ("PUT", "GET", "DELETE") for k in ("ops", "p50", "p99", "cpu_ms")}
+            med[name] = row
+            print(f"{name:<12} " + " ".join(
+                f"{row[op, 'ops']:>7.0f} {row[op, 'p50']:>6.1f} {row[op, 'p99']:>6.1f} "
+                f"{row[op, 'cpu_ms']:>5.2f}" for op in ("PUT", "GET", "DELETE")))
+        for name, runs in larges.items():
+            if runs:
+                print(f"{name:<12} {a.large_mib} MiB one stream: PUT "
+                      f"{statistics.median(r['PUT'] for r in runs):.0f} MB/s, GET "
+                      f"{statistics.median(r['GET'] for r in runs):.0f} MB/s")
+        if "swift-s3api" in med:
+            print("stackbox vs swift-s3api: " + " ".join(
+                f"{op} {med['stackbox'][op, 'ops'] / med['swift-s3api'][op, 'ops']:.1f}x"
+                for op in ("PUT", "GET", "DELETE")))
+    finally:
+        sbx.stop()
+        if peer:
+            peer.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
