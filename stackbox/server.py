@@ -24,6 +24,8 @@ from stackbox.identity.service import IdentityService
 from stackbox.image.api import build_app as build_image_app
 from stackbox.image.drivers.local import LocalStore
 from stackbox.image.service import ImageService
+from stackbox.network.api import build_app as build_network_app
+from stackbox.network.service import NetworkService
 
 log = logging.getLogger("stackbox.server")
 
@@ -56,6 +58,7 @@ class Cloud:
         self.db = Database(settings.database_url)
         self.identity = IdentityService(self.db, settings)
         self.image = ImageService(self.db, settings, LocalStore(settings.data_dir / "images"))
+        self.network = NetworkService(self.db, settings)
         self.started_at = utcnow()
 
     def prepare(self) -> None:
@@ -66,7 +69,9 @@ class Cloud:
         auth_url = lambda: self.settings.base_url("identity") + "/v3"  # noqa: E731
         return {self.settings.identity.port: build_identity_app(self.identity,
                                                                 auth_url=auth_url),
-                self.settings.image.port: build_image_app(self.image, validator=self.identity)}
+                self.settings.image.port: build_image_app(self.image, validator=self.identity),
+                self.settings.network.port: build_network_app(self.network,
+                                                              validator=self.identity)}
 
     async def housekeeping(self, stop: asyncio.Event) -> None:
         """Heartbeat for `stackbox status`, and signing-key rotation."""

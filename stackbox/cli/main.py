@@ -93,6 +93,9 @@ def cmd_up(args) -> int:
             created = boot.bootstrap(db, password_cost=settings.identity.password_hash_cost)
             boot.sync_catalog(db, settings)
             st.note = "(admin and demo created)" if created else "(existing cloud)"
+            if settings.network.default_networks:
+                made = _default_networks(db, settings)
+                st.note += f" (networks: {', '.join(made)})" if made else ""
         with progress.step("writing credentials"):
             if created:
                 boot.write_credentials(data_dir, settings, created)
@@ -116,6 +119,19 @@ def cmd_up(args) -> int:
                backups=settings.log.backups, to_stderr=True)
     serve(settings, sockets)
     return 0
+
+
+def _default_networks(db, settings: Settings) -> list[str]:
+    from stackbox.common.http.context import RequestContext
+    from stackbox.identity.service import IdentityService
+    from stackbox.network.defaults import ensure_default_networks
+    from stackbox.network.service import NetworkService
+    admin = RequestContext(request_id="req-bootstrap", roles=("admin",))
+    projects = {p.name: p.id for p in IdentityService(db, settings).list_projects(
+        admin, domain_id="default")}
+    return ensure_default_networks(NetworkService(db, settings), settings,
+                                   admin_project=projects["admin"],
+                                   demo_project=projects["demo"])
 
 
 def _start_detached(args, settings: Settings) -> str:
