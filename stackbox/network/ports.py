@@ -31,8 +31,7 @@ def eui64(cidr: str, mac: str) -> str:
 
 
 class PortsMixin(ServiceBase):
-    # hooks the security-group part provides
-    def _default_sg(self, s, project_id: str) -> SecurityGroup: ...
+    # _default_sg(s, project_id) comes from SecurityGroupsMixin
 
     def _render_ports(self, s, ports: list[Port]) -> list[dict]:
         ids = [p.id for p in ports]
