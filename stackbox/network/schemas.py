@@ -92,12 +92,6 @@ def cidr(v) -> str:
         raise ValueError(f"'{v}' is not a valid IP subnet")
 
 
-def uuid_like(v) -> str:
-    if not isinstance(v, str) or not re.fullmatch(r"[0-9a-fA-F-]{32,36}", v):
-        raise ValueError(f"'{v}' is not a valid UUID")
-    return v.replace("-", "") if len(v) == 36 and False else v
-
-
 MAC = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 
 
@@ -150,7 +144,12 @@ def dict_with(required: tuple[str, ...], optional: tuple[str, ...] = (), **convs
 pool = dict_with(("start", "end"), start=ip, end=ip)
 route = dict_with(("destination", "nexthop"), destination=cidr, nexthop=ip)
 fixed_ip = dict_with((), ("subnet_id", "ip_address"), subnet_id=string(36), ip_address=ip)
-address_pair = dict_with(("ip_address",), ("mac_address",), ip_address=cidr, mac_address=mac)
+def ip_or_cidr(v) -> str:
+    return cidr(v) if "/" in str(v) else ip(v)
+
+
+address_pair = dict_with(("ip_address",), ("mac_address",), ip_address=ip_or_cidr,
+                         mac_address=mac)
 gateway_info = dict_with(
     ("network_id",), ("enable_snat", "external_fixed_ips", "qos_policy_id"),
     network_id=string(36), enable_snat=to_bool, external_fixed_ips=list_of(fixed_ip))
@@ -333,6 +332,8 @@ def quota(data) -> dict[str, int]:
         raise BadRequest("Resource body required: {'quota': {...}}", field="quota")
     out = {}
     for k, v in data["quota"].items():
+        if k == "check_limit":   # quota-check-limit: usage is always allowed to exceed
+            continue
         if k not in QUOTA_RESOURCES:
             raise BadRequest(f"Unrecognized attribute(s) '{k}'; quotas exist for "
                              f"{', '.join(QUOTA_RESOURCES)}", field=k)
