@@ -84,7 +84,10 @@ class PortsMixin(ServiceBase):
                 raise errors.InvalidIpForSubnet(
                     f"IP address {ip} is not a valid IP for the specified subnet {sn.id} "
                     f"({sn.cidr}).", field="fixed_ips")
-            if s.get(IpAllocation, (n.id, str(addr))) is not None:
+            # the gateway address is kept for the router interface that will own it
+            gateway_taken = (str(addr) == sn.gateway_ip
+                             and port.device_owner != "network:router_interface")
+            if gateway_taken or s.get(IpAllocation, (n.id, str(addr))) is not None:
                 raise errors.IpAddressInUse(
                     f"Unable to complete operation for network {n.id}. The IP address {ip} "
                     f"is in use.", field="fixed_ips")

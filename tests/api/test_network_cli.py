@@ -96,7 +96,7 @@ def test_subnet_bad_input(cloud, unique):
     err = fails(cloud, "subnet", "create", "--network", name, "--subnet-range",
                 "10.52.0.0/24", "--allocation-pool", "start=10.52.1.2,end=10.52.1.9",
                 unique("s"))
-    assert "allocation pool" in err and "spans beyond" in err
+    assert "allocation_pools" in err and "spans beyond" in err
     assert len(demo(cloud, "subnet", "list", "--network", name)) == 1
 
 
