@@ -16,7 +16,7 @@ from stackbox.common.http.app import build_service_app
 from stackbox.common.http.body import json_body
 from stackbox.common.http.errors import NeutronDialect
 from stackbox.common.http.middleware import context_of
-from stackbox.network import listing, render, schemas
+from stackbox.network import listing, policy, render, schemas
 from stackbox.network.service import TAGGABLE, NetworkService
 
 
@@ -92,6 +92,7 @@ class NetworkApi:
     async def list(self, request):
         res = self._resource(request)
         ctx = context_of(request)
+        policy.enforce(ctx, f"get_{res.singular}")
         q = listing.parse(list(request.query_params.multi_items()))
         kwargs = {}
         if res.collection == "ports":
@@ -110,6 +111,7 @@ class NetworkApi:
     async def show(self, request):
         res = self._resource(request)
         ctx = context_of(request)
+        policy.enforce(ctx, f"get_{res.singular}")
         item = await call(res.get, ctx, request.path_params["id"])
         fields = [f for v in request.query_params.getlist("fields") for f in v.split(",") if f]
         return _json({res.singular: listing.project(render.for_caller(item, ctx.is_admin),
@@ -118,6 +120,7 @@ class NetworkApi:
     async def create(self, request):
         res = self._resource(request)
         ctx = context_of(request)
+        policy.enforce(ctx, f"create_{res.singular}")
         data = await json_body(request)
         if res.plural in data and res.plural != res.singular:
             raise BadRequest(f"Bulk creation of {res.plural} is not supported; create them "
@@ -132,6 +135,7 @@ class NetworkApi:
         if res.update is None:
             raise HTTPException(405, f"{res.plural} cannot be updated.")
         ctx = context_of(request)
+        policy.enforce(ctx, f"update_{res.singular}")
         attrs = schemas.body(await json_body(request), res.singular, res.attrs, update=True,
                              is_admin=ctx.is_admin)
         item = await call(res.update, ctx, request.path_params["id"], attrs)
@@ -139,13 +143,17 @@ class NetworkApi:
 
     async def delete(self, request):
         res = self._resource(request)
-        await call(res.delete, context_of(request), request.path_params["id"])
+        ctx = context_of(request)
+        policy.enforce(ctx, f"delete_{res.singular}")
+        await call(res.delete, ctx, request.path_params["id"])
         return Response(status_code=204)
 
     # -- router actions -------------------------------------------------------------
     async def router_action(self, request):
         action = request.path_params["action"]
         ctx, rid = context_of(request), request.path_params["id"]
+        if action in policy.RULES:
+            policy.enforce(ctx, action)
         data = await json_body(request)
         if action in ("add_router_interface", "remove_router_interface"):
             allowed = {"subnet_id", "port_id"}
@@ -173,6 +181,7 @@ class NetworkApi:
         coll = p["collection"]
         if coll not in TAGGABLE:
             raise HTTPException(404, "The resource could not be found.")
+        policy.enforce(ctx, "get_tags" if request.method == "GET" else "update_tags")
         if request.method == "GET":
             return _json({"tags": await call(self.svc.get_tags, ctx, coll, p["id"])})
         if request.method == "PUT":
@@ -186,6 +195,7 @@ class NetworkApi:
         coll, tag = p["collection"], p["tag"]
         if coll not in TAGGABLE:
             raise HTTPException(404, "The resource could not be found.")
+        policy.enforce(ctx, "get_tags" if request.method == "GET" else "update_tags")
         if request.method == "GET":
             await call(self.svc.get_tag, ctx, coll, p["id"], tag)
         elif request.method == "PUT":

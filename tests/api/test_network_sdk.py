@@ -184,3 +184,22 @@ def test_quota_details_and_security_groups(admin, demo, unique):
             demo.network.create_security_group(name="default")
     finally:
         demo.network.delete_security_group(sg)
+
+
+def test_reader_can_look_but_not_change(cloud, admin, unique):
+    import openstack
+    name = unique("reader")
+    project = admin.identity.find_project("demo")
+    user = admin.identity.create_user(name=name, password="reader-pw", domain_id="default")
+    reader_role = admin.identity.find_role("reader")
+    admin.identity.assign_project_role_to_user(project, user, reader_role)
+    conn = openstack.connect(auth_url=cloud.auth_url, username=name, password="reader-pw",
+                             project_name="demo", user_domain_id="default",
+                             project_domain_id="default", region_name="RegionOne")
+    try:
+        assert "private" in {n.name for n in conn.network.networks()}
+        with pytest.raises(exceptions.ForbiddenException):
+            conn.network.create_network(name=unique("nope"))
+    finally:
+        conn.close()
+        admin.identity.delete_user(user)

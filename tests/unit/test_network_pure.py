@@ -128,3 +128,19 @@ def test_bridge_mappings_config(tmp_path):
     f.write_text('[network]\nbridge_mappings = { public = "a-name-far-too-long" }\n')
     with pytest.raises(ConfigError):
         load_settings(f)
+
+
+def test_policy_reader_reads_member_writes():
+    from stackbox.common.errors import Forbidden
+    from stackbox.common.http.context import RequestContext
+    from stackbox.network.policy import enforce
+    reader = RequestContext(request_id="r", project_id="p", roles=("reader",))
+    member = RequestContext(request_id="r", project_id="p", roles=("member", "reader"))
+    enforce(reader, "get_network")
+    enforce(member, "create_port")
+    with pytest.raises(Forbidden):
+        enforce(reader, "create_network")
+    with pytest.raises(Forbidden):
+        enforce(reader, "add_router_interface")
+    with pytest.raises(Forbidden):
+        enforce(RequestContext(request_id="r", roles=("member",)), "create_network")
