@@ -159,7 +159,7 @@ class NetworkSettings(_Section):
             if not physnet or len(physnet) > 64:
                 raise ValueError(f"physical network name '{physnet}' must have 1-64 characters")
             if not isinstance(bridge, str) or not 1 <= len(bridge) <= 15 or any(
-                    c in bridge for c in " /:") :
+                    c in bridge for c in " /:"):
                 raise ValueError(f"'{bridge}' (for {physnet}) is not a Linux interface name "
                                  f"(1-15 characters, no spaces, '/' or ':')")
         bridges = list(v.values())

@@ -81,29 +81,34 @@ def validate_pools(net: Net, raw: Iterable[tuple[str, str]],
         end = parse_ip(end_raw, field="allocation_pools")
         if start.version != net.version or end.version != net.version:
             raise errors.InvalidAllocationPool(
-                f"Invalid input for allocation_pools. Reason: The allocation pool {start_raw}-{end_raw} is not of the subnet's IP "
+                f"Invalid input for allocation_pools. Reason: The allocation pool "
+                f" {start_raw}-{end_raw} is not of the subnet's IP "
                 f"version {net.version}.", field="allocation_pools")
         if not (usable(net, start) and usable(net, end)):
             raise errors.InvalidAllocationPool(
-                f"Invalid input for allocation_pools. Reason: The allocation pool {start_raw}-{end_raw} spans beyond the subnet cidr "
+                f"Invalid input for allocation_pools. Reason: The allocation pool "
+                f" {start_raw}-{end_raw} spans beyond the subnet cidr "
                 f"{net} (usable: {first_host(net)}-{last_host(net)}).",
                 field="allocation_pools")
         if start > end:
             raise errors.InvalidAllocationPool(
-                f"Invalid input for allocation_pools. Reason: The allocation pool {start_raw}-{end_raw} starts after it ends.",
+                f"Invalid input for allocation_pools. Reason: The allocation pool "
+                f" {start_raw}-{end_raw} starts after it ends.",
                 field="allocation_pools")
         spans.append((start, end))
     spans.sort()
     for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
         if b0 <= a1:
             raise errors.InvalidAllocationPool(
-                f"Invalid input for allocation_pools. Reason: Found overlapping allocation pools: {a0}-{a1} and {b0}-{b1}.",
+                f"Invalid input for allocation_pools. Reason: "
+                f"Found overlapping allocation pools: {a0}-{a1} and {b0}-{b1}.",
                 field="allocation_pools")
     if gateway is not None:
         for start, end in spans:
             if start <= gateway <= end:
                 raise errors.GatewayConflictWithAllocationPools(
-                    f"Invalid input for gateway_ip. Reason: Gateway ip {gateway} conflicts with allocation pool {start}-{end}.",
+                    f"Invalid input for gateway_ip. Reason: Gateway ip {gateway} "
+                    f"conflicts with allocation pool {start}-{end}.",
                     field="gateway_ip")
     return [(str(a), str(b)) for a, b in spans]
 

@@ -286,8 +286,8 @@ def body(data: dict, resource: str, attrs: dict[str, Attr], *, update: bool,
     if resource not in data or not isinstance(data[resource], dict):
         raise BadRequest(f"Resource body required: {{'{resource}': {{...}}}}", field=resource)
     if len(data) > 1:
-        raise BadRequest(f"Unrecognized attribute(s) '{', '.join(k for k in data if k != resource)}'",
-                         field=resource)
+        extra = ", ".join(k for k in data if k != resource)
+        raise BadRequest(f"Unrecognized attribute(s) '{extra}'", field=resource)
     raw = data[resource]
     unknown = [k for k in raw if k not in attrs]
     if unknown:

@@ -28,29 +28,47 @@ TAGGABLE = {"networks": (Network, "_network"), "subnets": (Subnet, "_subnet"),
 
 # (alias, name, description): only what this service really implements
 EXTENSIONS = (
-    ("external-net", "Neutron external network", "Adds external network attribute to network resource."),
-    ("router", "Neutron L3 Router", "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via a NAT gateway."),
-    ("ext-gw-mode", "Neutron L3 Configurable external gateway mode", "Extension of the router abstraction for specifying whether SNAT should occur on the external gateway"),
+    ("external-net", "Neutron external network",
+     "Adds external network attribute to network resource."),
+    ("router", "Neutron L3 Router",
+     "Router abstraction for basic L3 forwarding between L2 Neutron networks and access "
+     "to external networks via a NAT gateway."),
+    ("ext-gw-mode", "Neutron L3 Configurable external gateway mode",
+     "Extension of the router abstraction for specifying whether SNAT should occur on the "
+     "external gateway"),
     ("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
-    ("extraroute-atomic", "Atomically add/remove extra routes", "Edit extra routes of a router on server side by atomically adding/removing extra routes"),
+    ("extraroute-atomic", "Atomically add/remove extra routes",
+     "Edit extra routes of a router on server side by atomically adding/removing extra "
+     "routes"),
     ("security-group", "security-group", "The security groups extension."),
-    ("stateful-security-group", "Stateful security group", "Indicates if the security group is stateful or not"),
+    ("stateful-security-group", "Stateful security group",
+     "Indicates if the security group is stateful or not"),
     ("port-security", "Port Security", "Provides port security"),
     ("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
-    ("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
+    ("binding", "Port Binding",
+     "Expose port bindings of a virtual port to external application"),
     ("provider", "Provider Network", "Expose mapping of virtual networks to physical networks"),
     ("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
     ("quotas", "Quota management support", "Expose functions for quotas management per project"),
-    ("quota_details", "Quota details management support", "Expose functions for quotas usage statistics per project"),
-    ("standard-attr-tag", "Tag support for resources with standard attribute", "Enables to set tag on resources with standard attribute."),
-    ("standard-attr-description", "standard-attr-description", "Extension to add descriptions to standard attributes"),
-    ("standard-attr-timestamp", "Resource timestamps", "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes."),
-    ("standard-attr-revisions", "Resource revision numbers", "This extension will display the revision number of neutron resources."),
-    ("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
-    ("fip-port-details", "Floating IP Port Details Extension", "Add port_details attribute to Floating IP resource"),
+    ("quota_details", "Quota details management support",
+     "Expose functions for quotas usage statistics per project"),
+    ("standard-attr-tag", "Tag support for resources with standard attribute",
+     "Enables to set tag on resources with standard attribute."),
+    ("standard-attr-description", "standard-attr-description",
+     "Extension to add descriptions to standard attributes"),
+    ("standard-attr-timestamp", "Resource timestamps",
+     "Adds created_at and updated_at fields to all Neutron resources that have Neutron "
+     "standard attributes."),
+    ("standard-attr-revisions", "Resource revision numbers",
+     "This extension will display the revision number of neutron resources."),
+    ("project-id", "project_id field enabled",
+     "Extension that indicates that project_id field is enabled."),
+    ("fip-port-details", "Floating IP Port Details Extension",
+     "Add port_details attribute to Floating IP resource"),
     ("sorting", "Sorting support", "Enables sorting support"),
     ("pagination", "Pagination support", "Enables pagination support"),
-    ("filter-validation", "Filter parameters validation", "Provides validation on filter parameters."),
+    ("filter-validation", "Filter parameters validation",
+     "Provides validation on filter parameters."),
 )
 
 
@@ -62,8 +80,8 @@ class NetworkService(NetworksMixin, PortsMixin, RoutersMixin, SecurityGroupsMixi
     # -- extensions -------------------------------------------------------------------
     @staticmethod
     def list_extensions() -> list[dict]:
-        return [{"alias": a, "name": n, "description": d, "updated": "2026-11-21T00:00:00-00:00",
-                 "links": []} for a, n, d in EXTENSIONS]
+        return [{"alias": a, "name": n, "description": d, "links": [],
+                 "updated": "2026-11-21T00:00:00-00:00"} for a, n, d in EXTENSIONS]
 
     def get_extension(self, alias: str) -> dict:
         for ext in self.list_extensions():
