@@ -128,6 +128,33 @@ class BindingMixin(ServiceBase):
                 entries.extend(floating)
         return out
 
+    def server_network_info(self, server_id: str) -> list[dict]:
+        """Per port of a server, what a guest needs to configure itself
+        (network_data.json, config drive, `os-interface`): ids, MAC, MTU,
+        tap, and each fixed IP with its subnet's cidr, gateway, DNS, routes."""
+        with self.db.read() as s:
+            ports = list(s.scalars(select(Port).where(Port.device_id == server_id).order_by(
+                Port.created_at, Port.id)))
+            ips = self._fixed_ips(s, [p.id for p in ports])
+            out = []
+            for p in ports:
+                n = s.get(Network, p.network_id)
+                fixed = []
+                for sid, ip in ips[p.id]:
+                    sn = s.get(Subnet, sid)
+                    fixed.append({"ip_address": ip, "subnet_id": sid, "cidr": sn.cidr,
+                                  "ip_version": sn.ip_version, "gateway_ip": sn.gateway_ip,
+                                  "enable_dhcp": sn.enable_dhcp,
+                                  "dns_nameservers": list(sn.dns_nameservers),
+                                  "host_routes": [{"destination": d, "nexthop": h}
+                                                  for d, h in sn.host_routes],
+                                  "ipv6_address_mode": sn.ipv6_address_mode})
+                out.append({"port_id": p.id, "network_id": n.id, "network_name": n.name,
+                            "mac_address": p.mac_address, "mtu": n.mtu,
+                            "tap": hs.tap_name(p.id), "fixed_ips": fixed,
+                            "status": p.status, "binding_host_id": p.binding_host_id})
+            return out
+
     # -- metadata -----------------------------------------------------------------------
     def lookup_port_by_ip(self, network_id: str, ip: str) -> dict | None:
         """The port holding `ip` on `network_id` (the metadata server's way

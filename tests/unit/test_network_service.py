@@ -123,7 +123,14 @@ def test_server_ports_addresses_and_lookup(svc):
         ("egress", "IPv4", None), ("egress", "IPv6", None),
         ("ingress", "IPv4", group.id), ("ingress", "IPv6", group.id)}
 
+    info = svc.server_network_info("srv1")
+    assert [i["port_id"] for i in info] == [port["id"]]
+    assert info[0]["mtu"] == 1500 and info[0]["tap"] == port["tap"]
+    assert info[0]["fixed_ips"][0]["cidr"] == "10.0.0.0/26"
+    assert info[0]["fixed_ips"][0]["gateway_ip"] == "10.0.0.1"
+
     svc.delete_server_ports("srv1")
+    assert svc.server_network_info("srv1") == []
     assert svc.server_addresses(["srv1"]) == {"srv1": {}}
     assert svc.get_floatingip(DEMO, fip["id"])["port_id"] is None
 
