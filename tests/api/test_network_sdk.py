@@ -4,6 +4,7 @@ error bodies, raw HTTP; against a started stackbox (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 
 import pytest
 import requests
@@ -203,3 +204,32 @@ def test_reader_can_look_but_not_change(cloud, admin, unique):
     finally:
         conn.close()
         admin.identity.delete_user(user)
+
+
+def test_ipv6_slaac_and_external_network_ports(admin, demo, net, unique):
+    n, _ = net
+    v6 = demo.network.create_subnet(network_id=n.id, ip_version=6, cidr="fd00:80::/64",
+                                    ipv6_address_mode="slaac", ipv6_ra_mode="slaac")
+    assert v6.gateway_ip == "fd00:80::1"
+    port = demo.network.create_port(network_id=n.id)
+    b = [int(x, 16) for x in port.mac_address.split(":")]
+    iid = bytes([b[0] ^ 2, b[1], b[2], 0xff, 0xfe, b[3], b[4], b[5]])
+    # the EUI-64 address from the MAC, as Neutron computes SLAAC addresses
+    expected = str(ipaddress.ip_network("fd00:80::/64").network_address
+                   + int.from_bytes(iid, "big"))
+    assert expected in [ip["ip_address"] for ip in port.fixed_ips]
+    assert any(ip["ip_address"].startswith("10.80.0.") for ip in port.fixed_ips)
+    public = demo.network.find_network("public")
+    with pytest.raises(exceptions.ForbiddenException):
+        demo.network.create_port(network_id=public.id)
+    fip = demo.network.create_ip(floating_network_id=public.id,
+                                 floating_ip_address="172.24.4.200")
+    try:
+        assert fip.floating_ip_address == "172.24.4.200"
+        with pytest.raises(exceptions.ConflictException):
+            demo.network.create_ip(floating_network_id=public.id,
+                                   floating_ip_address="172.24.4.200")
+        with pytest.raises(exceptions.NotFoundException):
+            demo.network.update_ip(fip, port_id=port.id)   # no router joins this subnet
+    finally:
+        demo.network.delete_ip(fip)
