@@ -203,6 +203,16 @@ class BindingMixin(ServiceBase):
         subnet_by_id = {sn.id: sn for sn in subnets}
         port_states = {p.id: _port_state(p, ips[p.id], sgs_of[p.id]) for p in ports}
         routed = {p.network_id for p in ports if p.device_owner == "network:router_interface"}
+        ports_of: dict[str, list] = {}
+        for p in ports:
+            ports_of.setdefault(p.network_id, []).append(port_states[p.id])
+        subnets_of: dict[str, list] = {}
+        for sn in subnets:
+            subnets_of.setdefault(sn.network_id, []).append(_subnet_state(sn))
+        ifaces_of: dict[str, list] = {}
+        for p in ports:
+            if p.device_owner == "network:router_interface":
+                ifaces_of.setdefault(p.device_id, []).append(p)
         net_states = []
         for n in nets:
             net_states.append(hs.NetworkState(
@@ -210,18 +220,20 @@ class BindingMixin(ServiceBase):
                 physical_network=n.physical_network, segmentation_id=n.segmentation_id,
                 admin_state_up=n.admin_state_up, external=n.external,
                 has_router=n.id in routed,
-                subnets=tuple(_subnet_state(sn) for sn in subnets if sn.network_id == n.id),
-                ports=tuple(port_states[p.id] for p in ports if p.network_id == n.id)))
+                subnets=tuple(subnets_of.get(n.id, ())),
+                ports=tuple(ports_of.get(n.id, ()))))
         by_port = {p.id: p for p in ports}
+        fips_of: dict[str, list] = {}
+        for f in fips:
+            fips_of.setdefault(f.router_id, []).append(f)
         router_states = []
         for r in routers:
             ifaces = []
-            for p in ports:
-                if p.device_id == r.id and p.device_owner == "network:router_interface":
-                    for sid, ip in ips[p.id]:
-                        ifaces.append(hs.RouterInterfaceState(
-                            port_id=p.id, network_id=p.network_id, mac=p.mac_address, ip=ip,
-                            prefixlen=ipaddress.ip_network(subnet_by_id[sid].cidr).prefixlen))
+            for p in ifaces_of.get(r.id, ()):
+                for sid, ip in ips[p.id]:
+                    ifaces.append(hs.RouterInterfaceState(
+                        port_id=p.id, network_id=p.network_id, mac=p.mac_address, ip=ip,
+                        prefixlen=ipaddress.ip_network(subnet_by_id[sid].cidr).prefixlen))
             gw = by_port.get(r.gw_port_id) if r.gw_port_id else None
             gw_ip = gw_len = ext_gw = None
             if gw is not None and ips[gw.id]:
@@ -237,7 +249,7 @@ class BindingMixin(ServiceBase):
                 interfaces=tuple(ifaces), routes=tuple((d, h) for d, h in r.routes),
                 floating_ips=tuple(hs.FloatingIpState(
                     id=f.id, floating_ip=f.floating_ip_address, fixed_ip=f.fixed_ip_address,
-                    port_id=f.port_id) for f in fips if f.router_id == r.id)))
+                    port_id=f.port_id) for f in fips_of.get(r.id, ()))))
         bound = tuple(port_states[p.id] for p in ports
                       if p.binding_host_id == host_id and p.device_owner.startswith("compute:"))
         wanted = {g for p in bound for g in p.security_group_ids}
@@ -246,8 +258,11 @@ class BindingMixin(ServiceBase):
         member_ips: dict[str, list[str]] = {}
         for gid, pid in members:
             member_ips.setdefault(gid, []).extend(ip for _, ip in ips.get(pid, []))
+        rules_of: dict[str, list] = {}
+        for r in rules:
+            rules_of.setdefault(r.security_group_id, []).append(_rule_state(r))
         sg_states = tuple(hs.SecurityGroupState(
-            id=g.id, rules=tuple(_rule_state(r) for r in rules if r.security_group_id == g.id),
+            id=g.id, rules=tuple(rules_of.get(g.id, ())),
             member_ips=tuple(sorted(member_ips.get(g.id, []))))
             for g in sorted(groups, key=lambda g: g.id) if g.id in wanted)
         return hs.HostState(host_id=host_id, networks=tuple(net_states),
