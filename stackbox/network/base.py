@@ -123,22 +123,24 @@ class ServiceBase:
     @staticmethod
     def _fixed_ips(s, port_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
         out: dict[str, list[tuple[str, str]]] = {pid: [] for pid in port_ids}
-        if not port_ids:
-            return out
         for chunk in _chunks(port_ids):
-            for a in s.scalars(select(IpAllocation).where(IpAllocation.port_id.in_(chunk))):
-                out[a.port_id].append((a.subnet_id, a.ip_address))
+            for pid, sid, ip in s.execute(select(
+                    IpAllocation.port_id, IpAllocation.subnet_id, IpAllocation.ip_address
+            ).where(IpAllocation.port_id.in_(chunk))):
+                out[pid].append((sid, ip))
         for v in out.values():
-            v.sort(key=lambda t: (t[0], _ipkey(t[1])))
+            if len(v) > 1:
+                v.sort(key=lambda t: (t[0], _ipkey(t[1])))
         return out
 
     @staticmethod
     def _port_sgs(s, port_ids: list[str]) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {pid: [] for pid in port_ids}
         for chunk in _chunks(port_ids):
-            for b in s.scalars(select(PortSecurityGroup).where(
-                    PortSecurityGroup.port_id.in_(chunk))):
-                out[b.port_id].append(b.security_group_id)
+            for pid, gid in s.execute(select(
+                    PortSecurityGroup.port_id, PortSecurityGroup.security_group_id
+            ).where(PortSecurityGroup.port_id.in_(chunk))):
+                out[pid].append(gid)
         return out
 
     # -- quotas -----------------------------------------------------------------
