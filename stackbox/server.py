@@ -20,7 +20,7 @@ from stackbox.common import registry
 from stackbox.common.config import Settings
 from stackbox.common.db import Database, utcnow
 from stackbox.common.http.app import PortDispatcher
-from stackbox.compute.api import ComputeApi
+from stackbox.compute.api import ComputeApi, network_addresses
 from stackbox.compute.api import build_app as build_compute_app
 from stackbox.compute.consoleproxy import (build_console_app, console_base_url, console_url,
                                            find_novnc, make_resolver)
@@ -36,6 +36,8 @@ from stackbox.objectstore.replicator import Replicator
 from stackbox.objectstore.bootstrap import build_service as build_objectstore
 from stackbox.objectstore.s3.api import build_s3_app, object_store_dispatcher, s3_settings
 from stackbox.objectstore.s3.store import ServiceStore
+from stackbox.network.api import build_app as build_network_app
+from stackbox.network.service import NetworkService
 
 log = logging.getLogger("stackbox.server")
 
@@ -68,21 +70,31 @@ class Cloud:
         self.db = Database(settings.database_url)
         self.identity = IdentityService(self.db, settings)
         self.image = ImageService(self.db, settings, LocalStore(settings.data_dir / "images"))
-        self.compute = ComputeService(self.db, settings, image=self.image)
+        self.network = NetworkService(self.db, settings)
+        self.compute = ComputeService(self.db, settings, image=self.image, network=self.network)
         self.compute_agent = None
+        self.network_agent = None
         self.objectstore = build_objectstore(self.db, settings)
         self.started_at = utcnow()
 
     def prepare(self) -> None:
         self.identity.keys.ensure_key()
         self.identity.auth.revocations.load()
-        self.compute_agent = compute_agent(self.settings, self.db, self.compute, self.image)
+        self.compute_agent = compute_agent(self.settings, self.db, self.compute, self.image,
+                                           self.network)
         self.compute.wake = self.compute_agent.wake
+        from stackbox.network.agent import NetworkAgent
+        host_id = self.compute_agent.host_id
+        self.network_agent = NetworkAgent.from_settings(
+            self.settings, desired=lambda: self.network.host_state(host_id))
+        # a new tap is plugged and filtered at once, not at the next pass
+        self.compute_agent.plugged = self.network_agent.wake
 
     def apps(self) -> dict[int, object]:
         auth_url = lambda: self.settings.base_url("identity") + "/v3"  # noqa: E731
         compute = ComputeApi(self.compute, base_url=lambda: self.settings.base_url("compute"),
-                             console_url=self.console_url, driver=self.compute_agent.driver)
+                             console_url=self.console_url, driver=self.compute_agent.driver,
+                             network_addresses=network_addresses(self.network))
         return {self.settings.identity.port: build_identity_app(self.identity,
                                                                 auth_url=auth_url),
                 self.settings.image.port: build_image_app(self.image, validator=self.identity),
@@ -94,7 +106,9 @@ class Cloud:
                 self.settings.object_store.port: object_store_dispatcher(
                     build_objectstore_app(self.objectstore, validator=self.identity),
                     build_s3_app(ServiceStore(self.objectstore), self.identity,
-                                 **s3_settings(self.settings)))}
+                                 **s3_settings(self.settings))),
+                self.settings.network.port: build_network_app(self.network,
+                                                              validator=self.identity)}
 
     def console_url(self, protocol: str, token: str) -> str:
         return console_url(console_base_url(self.settings), protocol, token)
@@ -184,7 +198,8 @@ def choose_accel(settings: Settings) -> str:
     return result.accel
 
 
-def compute_agent(settings: Settings, db: Database, compute: ComputeService, image):
+def compute_agent(settings: Settings, db: Database, compute: ComputeService, image,
+                  network=None):
     """This host's compute agent with the configured driver (built at start-up
     so a bad setting fails now, not at the first boot)."""
     from stackbox.compute.agent import ComputeAgent
@@ -201,7 +216,8 @@ def compute_agent(settings: Settings, db: Database, compute: ComputeService, ima
         driver = QemuDriver(instances, accel=accel, console_log_bytes=cfg.console_log_bytes)
     return ComputeAgent(db, settings, compute=compute, image=image, driver=driver,
                         cache=ImageCache(settings.data_dir / "cache" / "base"),
-                        host_id=local_host_id(settings.data_dir), accel=accel)
+                        host_id=local_host_id(settings.data_dir), accel=accel,
+                        network=network)
 
 
 class _Server(uvicorn.Server):
@@ -251,6 +267,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
         stop = asyncio.Event()
         chores = [asyncio.create_task(cloud.housekeeping(stop)),
                   asyncio.create_task(cloud.compute_agent.run(stop)),
+                  asyncio.create_task(cloud.network_agent.run(stop)),
                   asyncio.create_task(cloud.expirer(stop)),
                   asyncio.create_task(cloud.object_daemons(stop))]
         try:

@@ -56,6 +56,9 @@ class Cloud:
             if name == "identity":
                 # keep tests fast: the KDF cost is a benchmark concern, not a test one
                 lines.append("password_hash_cost = 10")
+            if name == "network":
+                # a bridge of its own, so clouds side by side never share one
+                lines.append(f'bridge_mappings = "public:sbx-bx{uuid.uuid4().hex[:6]}"')
             if name == "compute":
                 # one guest build cache for every test cloud (and the e2e tests)
                 lines.append(f'guest_cache_dir = "{GUEST_CACHE}"')
@@ -76,7 +79,7 @@ class Cloud:
         self.demo_password = clouds["stackbox-demo"]["auth"]["password"]
 
     def stop(self) -> None:
-        self.stackbox("down", check=False)
+        self.stackbox("down", "--purge", check=False)
 
     @property
     def clouds_yaml(self) -> Path:

@@ -93,6 +93,9 @@ def cmd_up(args) -> int:
             created = boot.bootstrap(db, password_cost=settings.identity.password_hash_cost)
             boot.sync_catalog(db, settings)
             st.note = "(admin and demo created)" if created else "(existing cloud)"
+            if settings.network.default_networks:
+                made = _default_networks(db, settings)
+                st.note += f" (networks: {', '.join(made)})" if made else ""
         with progress.step("writing credentials"):
             if created:
                 boot.write_credentials(data_dir, settings, created)
@@ -148,6 +151,17 @@ def _prepare_compute(db, settings: Settings) -> str:
                                                 identity=IdentityService(db, settings),
                                                 image=image, cache_dir=cache))
     return f"({'; '.join(notes)})" if notes else "(nothing to do)"
+def _default_networks(db, settings: Settings) -> list[str]:
+    from stackbox.common.http.context import RequestContext
+    from stackbox.identity.service import IdentityService
+    from stackbox.network.defaults import ensure_default_networks
+    from stackbox.network.service import NetworkService
+    admin = RequestContext(request_id="req-bootstrap", roles=("admin",))
+    projects = {p.name: p.id for p in IdentityService(db, settings).list_projects(
+        admin, domain_id="default")}
+    return ensure_default_networks(NetworkService(db, settings), settings,
+                                   admin_project=projects["admin"],
+                                   demo_project=projects["demo"])
 
 
 def _start_detached(args, settings: Settings) -> str:
@@ -223,6 +237,8 @@ def cmd_down(args) -> int:
     pid = running_pid(settings.data_dir)
     if pid is None:
         print(f"stackbox is not running for {settings.data_dir}.")
+        if args.purge:
+            _purge(settings)
         return 0
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 20
@@ -233,7 +249,26 @@ def cmd_down(args) -> int:
         print(f"stackbox (pid {pid}) did not stop in 20 s; killed.")
     else:
         print(f"stackbox (pid {pid}) stopped.")
+    if args.purge:
+        _purge(settings)
     return 0
+
+
+def _purge(settings: Settings) -> None:
+    """Remove what this cloud runs on the host (VMs, bridges, namespaces,
+    dnsmasq, nft tables); the database and files stay."""
+    instances = settings.data_dir / "instances"
+    if instances.is_dir():
+        from stackbox.compute.drivers.qemu import QemuDriver
+        driver = QemuDriver(instances, accel="tcg")
+        for uuid in driver.list_instances():
+            driver.destroy(uuid)
+            print(f"removed instance {uuid}")
+    from stackbox.network.agent import NetworkAgent
+    from stackbox.network.hoststate import HostState
+    agent = NetworkAgent.from_settings(settings, desired=lambda: HostState(host_id="purge"))
+    report = agent.cleanup_all()
+    print(f"removed host networking ({len(getattr(report, 'changes', []))} objects)")
 
 
 def cmd_status(args) -> int:
@@ -332,7 +367,11 @@ def parser() -> argparse.ArgumentParser:
                     help="return once every API answers its version document")
     up.set_defaults(fn=cmd_up)
     sub.add_parser("serve", parents=[common], help=argparse.SUPPRESS).set_defaults(fn=cmd_serve)
-    sub.add_parser("down", parents=[common], help="stop the cloud").set_defaults(fn=cmd_down)
+    down = sub.add_parser("down", parents=[common], help="stop the cloud (VMs and networks "
+                          "keep running unless --purge)")
+    down.add_argument("--purge", action="store_true",
+                      help="also remove this cloud's VMs and host networking")
+    down.set_defaults(fn=cmd_down)
     sub.add_parser("status", parents=[common],
                    help="services and agents").set_defaults(fn=cmd_status)
     sub.add_parser("doctor", parents=[common],

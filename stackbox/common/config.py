@@ -15,7 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from stackbox.common import hostops
 
@@ -185,6 +186,82 @@ class NetworkSettings(_Section):
         "", description="Host interface that carries external (floating IP) traffic. "
         "Empty: external networks are not forwarded to the uplink.")
 
+    bridge_mappings: dict[str, str] = Field(
+        {"public": "sbx-br-ex"}, description="Physical network name -> host bridge or "
+        "interface that carries it (flat and VLAN provider networks, external networks). "
+        "A table (`{ public = \"sbx-br-ex\", physnet2 = \"br-ex2\" }`) or Neutron's "
+        "string form `\"physnet1:br-ex,physnet2:br-ex2\"`. Bridges named here that do "
+        "not exist are created by the network agent.")
+    tenant_network_type: Literal["local", "vxlan"] = Field(
+        "local", description="Type of networks that users create without provider "
+        "attributes: `local` (a bridge on each host) or `vxlan` (a VNI each, MTU "
+        "`mtu` - 50, for several hosts).")
+    mtu: int = Field(1500, ge=1280, le=9000, description="MTU of the physical networks "
+                     "(Neutron's global_physnet_mtu); VXLAN networks get 50 less.")
+    default_networks: bool = Field(
+        True, description="`stackbox up` creates DevStack's networks if missing: `public` "
+        "(admin, external, flat on `public_physical_network`), `private` for the demo "
+        "project, and `router1` joining them with SNAT.")
+    public_physical_network: str = Field(
+        "public", description="The bridge_mappings key the default `public` network uses.")
+    public_cidr: str = Field("172.24.4.0/24", description="Subnet of the default `public` "
+                             "network (floating IPs and router gateways come from it).")
+    private_cidr: str = Field("10.0.0.0/26", description="Subnet of the default `private` "
+                              "network of the demo project.")
+
+    @field_validator("bridge_mappings", mode="before")
+    @classmethod
+    def _mappings(cls, v):
+        if isinstance(v, str):
+            out = {}
+            for part in filter(None, (p.strip() for p in v.split(","))):
+                physnet, sep, bridge = part.partition(":")
+                if not sep:
+                    raise ValueError(f"'{part}' is not physnet:bridge "
+                                     f"(example: physnet1:br-ex,physnet2:br-ex2)")
+                if physnet.strip() in out:
+                    raise ValueError(f"physical network '{physnet.strip()}' is mapped twice")
+                out[physnet.strip()] = bridge.strip()
+            v = out
+        if not isinstance(v, dict):
+            raise ValueError("must be a table of physnet = bridge, or 'physnet:bridge,...'")
+        for physnet, bridge in v.items():
+            if not physnet or len(physnet) > 64:
+                raise ValueError(f"physical network name '{physnet}' must have 1-64 characters")
+            if not isinstance(bridge, str) or not 1 <= len(bridge) <= 15 or any(
+                    c in bridge for c in " /:"):
+                raise ValueError(f"'{bridge}' (for {physnet}) is not a Linux interface name "
+                                 f"(1-15 characters, no spaces, '/' or ':')")
+        bridges = list(v.values())
+        if len(set(bridges)) != len(bridges):
+            raise ValueError("two physical networks map to the same bridge")
+        return v
+
+    @field_validator("public_cidr", "private_cidr")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        try:
+            net = ipaddress.ip_network(v)
+        except ValueError:
+            raise ValueError("not an IPv4 network in CIDR form with no host bits "
+                             "(example: 10.0.0.0/24)")
+        if net.version != 4 or net.prefixlen > 29:
+            raise ValueError("must be an IPv4 network of /29 or larger")
+        return str(net)
+
+    @model_validator(mode="after")
+    def _defaults_fit(self):
+        if self.default_networks:
+            if self.public_physical_network not in self.bridge_mappings:
+                raise ValueError(
+                    f"public_physical_network '{self.public_physical_network}' is not a key "
+                    f"of bridge_mappings (have: {', '.join(self.bridge_mappings) or 'none'})")
+            if ipaddress.ip_network(self.public_cidr).overlaps(
+                    ipaddress.ip_network(self.private_cidr)):
+                raise ValueError(f"public_cidr {self.public_cidr} overlaps private_cidr "
+                                 f"{self.private_cidr}")
+        return self
+
     @field_validator("public_interface")
     @classmethod
     def _iface(cls, v: str) -> str:
@@ -204,7 +281,7 @@ class LogSettings(_Section):
 
 
 # The APIs this build serves, in start order; the catalog lists exactly these.
-SERVED = ("identity", "image", "compute", "object_store")
+SERVED = ("identity", "image", "compute", "network", "object_store")
 
 
 class Settings(_Section):

@@ -72,6 +72,7 @@ class ComputeAgent:
         self._busy_lock = threading.Lock()
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.plugged = lambda: None     # the network agent's doorbell (new taps)
 
     # -- host ------------------------------------------------------------------------------
     def register(self) -> None:
@@ -401,6 +402,7 @@ class ComputeAgent:
             if server.id in self.driver.list_instances():
                 self.driver.destroy(server.id)      # a half-done boot from before a crash
             self.driver.spawn(self.spec(server))
+            self.plugged()
         self._finish(server.id, vm_state=states.ACTIVE, task_state=None,
                      power_state=states.POWER["running"], launched_at=utcnow(), fault=None)
 
@@ -418,6 +420,7 @@ class ComputeAgent:
     def _start(self, server: Server) -> None:
         if self._power(server.id) != PowerState.RUNNING:
             self.driver.power_on(self.spec(server))
+            self.plugged()
         self._finish(server.id, vm_state=states.ACTIVE, task_state=None,
                      power_state=states.POWER["running"])
 

@@ -146,6 +146,26 @@ class GlanceDialect(Dialect):
                         headers=headers)
 
 
+class NeutronDialect(Dialect):
+    """{"NeutronError": {"type": "NetworkNotFound", "message": "...", "detail": ""}}.
+    The type is the domain error's `neutron_type` when it has one (Neutron's
+    exception class names), else the webob name for the status. A quota is
+    409 OverQuota in Neutron."""
+
+    STATUS_OVERRIDES = {errors.QuotaExceeded: 409}
+    TYPES = {400: "HTTPBadRequest", 401: "HTTPUnauthorized", 403: "HTTPForbidden",
+             404: "HTTPNotFound", 405: "HTTPMethodNotAllowed", 409: "HTTPConflict",
+             413: "HTTPRequestEntityTooLarge", 500: "HTTPInternalServerError",
+             503: "HTTPServiceUnavailable"}
+
+    def body(self, status, message, exc):
+        kind = getattr(exc, "neutron_type", None)
+        if kind is None and isinstance(exc, errors.QuotaExceeded):
+            kind = "OverQuota"
+        return {"NeutronError": {"type": kind or self.TYPES.get(status, "HTTPError"),
+                                 "message": message, "detail": ""}}
+
+
 def install_handlers(app, dialect: Dialect) -> None:
     async def handle(request: Request, exc: Exception) -> Response:
         if dialect.status(exc) >= 500:
