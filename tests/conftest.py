@@ -58,7 +58,8 @@ class Cloud:
                 lines.append("password_hash_cost = 10")
             if name == "network":
                 # a bridge of its own, so clouds side by side never share one
-                lines.append(f'bridge_mappings = "public:sbx-bx{uuid.uuid4().hex[:6]}"')
+                self.public_bridge = f"sbx-bx{uuid.uuid4().hex[:6]}"
+                lines.append(f'bridge_mappings = "public:{self.public_bridge}"')
             if name == "compute":
                 # one guest build cache for every test cloud (and the e2e tests)
                 lines.append(f'guest_cache_dir = "{GUEST_CACHE}"')

@@ -62,6 +62,7 @@ class ResourceApi:
         a("/os-quota-sets/{project}/defaults", ["GET"], self.default_quota)
         a("/os-quota-sets/{project}/detail", ["GET"], self.detail_quota)
         a("/extensions", ["GET"], self.extensions)
+        a("/os-aggregates", ["GET"], self.list_aggregates)
 
     @property
     def base(self) -> str:
@@ -436,6 +437,12 @@ class ResourceApi:
     async def delete_quota(self, c):
         await call(self.svc.quotas.reset, c.ctx, c.params["project"])
         return Response(status_code=202)
+
+    async def list_aggregates(self, c):
+        """Host aggregates are not modelled; there are none (the CLI asks
+        while showing a hypervisor)."""
+        self._admin(c)
+        return _api()._json({"aggregates": []})
 
     async def extensions(self, c):
         return _api()._json({"extensions": []})
