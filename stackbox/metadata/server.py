@@ -86,6 +86,7 @@ class MetadataServer:
         self._cache: dict[tuple[str, str], tuple[float, Documents | None]] = {}
         self._pending: dict[tuple[str, str], asyncio.Future] = {}
         self._listeners: dict[str, asyncio.AbstractServer] = {}
+        self._resolvers: dict[str, Resolver] = {}
         self._conns: set[_Connection] = set()
         self._sweeper: asyncio.Task | None = None
         self._date = (0, b"")
@@ -99,7 +100,8 @@ class MetadataServer:
         await self.remove_listener(name)
         loop = asyncio.get_running_loop()
         sock.setblocking(False)
-        server = await loop.create_server(lambda: _Connection(self, resolve, name), sock=sock)
+        self._resolvers[name] = resolve
+        server = await loop.create_server(lambda: _Connection(self, name), sock=sock)
         self._listeners[name] = server
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep())
@@ -116,7 +118,13 @@ class MetadataServer:
         await self.add_listener(name, sock, resolve)
         return sock.getsockname()[:2]
 
+    def set_resolver(self, name: str, resolve: Resolver) -> None:
+        """New networks behind an existing listener (a router gained or lost
+        an interface); open connections keep the network they resolved to."""
+        self._resolvers[name] = resolve
+
     async def remove_listener(self, name: str) -> None:
+        self._resolvers.pop(name, None)
         server = self._listeners.pop(name, None)
         if server is not None:
             server.close()
@@ -218,9 +226,8 @@ class _Connection(asyncio.Protocol):
     """One client connection: parse requests in order (pipelining keeps the
     order), answer each from the instance's documents."""
 
-    def __init__(self, server: MetadataServer, resolve: Resolver, listener: str):
+    def __init__(self, server: MetadataServer, listener: str):
         self.server = server
-        self.resolve = resolve
         self.listener = listener
         self.buffer = b""
         self.waiting = False
@@ -236,8 +243,8 @@ class _Connection(asyncio.Protocol):
         if self.ip.startswith("::ffff:"):
             self.ip = self.ip[7:]
         try:
-            self.network = self.resolve(self.ip)
-        except ValueError:
+            self.network = self.server._resolvers[self.listener](self.ip)
+        except (ValueError, KeyError):
             self.network = None
         self.server._conns.add(self)
         self.server.stats["connections"] += 1
