@@ -16,6 +16,7 @@ in bench/metadata).
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import ipaddress
 import logging
@@ -34,6 +35,7 @@ Resolver = Callable[[str], "str | None"]
 MAX_HEAD = 16 * 1024
 MAX_BODY = 4096
 IDLE_SECONDS = 60.0
+LOOKUP_BATCH = 128
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
@@ -75,7 +77,8 @@ class MetadataServer:
 
     def __init__(self, lookup: Lookup, *, cache_seconds: float = 5.0,
                  negative_cache_seconds: float = 1.0, require_token: bool = False,
-                 token_key: bytes | None = None, idle_seconds: float = IDLE_SECONDS):
+                 token_key: bytes | None = None, idle_seconds: float = IDLE_SECONDS,
+                 lookup_workers: int = 2):
         self._lookup = lookup
         self._async_lookup = inspect.iscoroutinefunction(lookup)
         self.cache_seconds = cache_seconds
@@ -85,6 +88,9 @@ class MetadataServer:
         self.idle_seconds = idle_seconds
         self._cache: dict[tuple[str, str], tuple[float, Documents | None]] = {}
         self._pending: dict[tuple[str, str], asyncio.Future] = {}
+        self._queue: collections.deque[tuple[str, str]] = collections.deque()
+        self._loaders = 0
+        self.lookup_workers = lookup_workers
         self._listeners: dict[str, asyncio.AbstractServer] = {}
         self._resolvers: dict[str, Resolver] = {}
         self._conns: set[_Connection] = set()
@@ -159,32 +165,71 @@ class MetadataServer:
         hit = self.cached(key, time.monotonic())
         if hit is not None:
             return hit
-        pending = self._pending.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._load(key))
-            self._pending[key] = pending
-            pending.add_done_callback(lambda _f: self._pending.pop(key, None))
-        return await asyncio.shield(pending)
-
-    async def _load(self, key: tuple[str, str]) -> tuple[float, Documents | None]:
-        self.stats["lookups"] += 1
-        try:
+        future = self._pending.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._pending[key] = future
+            self.stats["lookups"] += 1
             if self._async_lookup:
-                instance = await self._lookup(*key)
-                docs = content.build(instance) if instance is not None else None
+                asyncio.ensure_future(self._load_async(key))
             else:
-                docs = await asyncio.get_running_loop().run_in_executor(None, self._build, key)
-        except Exception:
-            log.exception("metadata lookup failed for network %s ip %s", *key)
-            raise
-        ttl = self.cache_seconds if docs is not None else self.negative_cache_seconds
-        entry = (time.monotonic() + ttl, docs)
-        self._cache[key] = entry
-        return entry
+                self._queue.append(key)
+                if self._loaders < self.lookup_workers:
+                    self._loaders += 1
+                    asyncio.ensure_future(self._drain())
+        return await asyncio.shield(future)
 
-    def _build(self, key: tuple[str, str]) -> Documents | None:
-        instance = self._lookup(*key)
-        return content.build(instance) if instance is not None else None
+    async def _load_async(self, key: tuple[str, str]) -> None:
+        try:
+            instance = await self._lookup(*key)
+            outcome = content.build(instance) if instance is not None else None
+        except Exception as e:
+            log.exception("metadata lookup failed for network %s ip %s", *key)
+            outcome = e
+        self._finish(key, outcome)
+
+    async def _drain(self) -> None:
+        """Run queued lookups in worker threads, many per hop. One hop per
+        lookup would stall a boot storm: a worker thread gets the GIL back
+        from a busy event loop only every switch interval (5 ms), so 10,000
+        cold instances would wait 50 s for their first answer."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch = [self._queue.popleft()
+                         for _ in range(min(LOOKUP_BATCH, len(self._queue)))]
+                try:
+                    outcomes = await loop.run_in_executor(None, self._build_many, batch)
+                except Exception as e:              # the executor itself failed
+                    outcomes = [e] * len(batch)
+                for key, outcome in zip(batch, outcomes):
+                    self._finish(key, outcome)
+        finally:
+            self._loaders -= 1
+
+    def _build_many(self, keys: list[tuple[str, str]]) -> list:
+        outcomes: list = []
+        for key in keys:
+            try:
+                instance = self._lookup(*key)
+                outcomes.append(content.build(instance) if instance is not None else None)
+            except Exception as e:
+                log.exception("metadata lookup failed for network %s ip %s", *key)
+                outcomes.append(e)
+        return outcomes
+
+    def _finish(self, key: tuple[str, str], outcome) -> None:
+        future = self._pending.pop(key, None)
+        if isinstance(outcome, Exception):
+            if future is not None and not future.done():
+                future.set_exception(outcome)
+                future.exception()       # mark retrieved: every waiter gets its 500
+            return
+        ttl = self.cache_seconds if outcome is not None else self.negative_cache_seconds
+        entry = (time.monotonic() + ttl, outcome)
+        self._cache[key] = entry
+        if future is not None and not future.done():
+            future.set_result(entry)
 
     def invalidate(self, network_id: str | None = None, ip: str | None = None) -> None:
         """Forget cached documents (all, a network's, or one instance's)."""
@@ -387,3 +432,44 @@ class _Connection(asyncio.Protocol):
         self._send(status, f"{_REASONS[status]}: {message}\n".encode(), b"text/plain", False)
         self.closing = True
         self.transport.close()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (about twice the requests per CPU-second in a
+    boot storm, see bench/metadata), else the standard loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+class MetadataThread:
+    """Runs a MetadataServer on its own event loop in a daemon thread, so a
+    boot storm never queues behind (or delays) the API's event loop.
+
+        server = MetadataServer(lookup)
+        runner = MetadataThread(server)          # started
+        plumbing = MetadataPlumbing(server, runner.loop)
+        ...
+        runner.stop()
+    """
+
+    def __init__(self, server: MetadataServer, *, name: str = "metadata"):
+        import threading
+        self.server = server
+        self.loop = new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def call(self, coro, timeout: float = 30):
+        """Run a coroutine on the server's loop from another thread."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self, timeout: float = 30) -> None:
+        if not self.thread.is_alive():
+            return
+        self.call(self.server.close(), timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+        self.loop.close()

@@ -7,21 +7,19 @@ veth pairs are created inside the namespaces, never in the host's."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
 import secrets
 import shutil
 import subprocess
-import threading
 import uuid
 
 import pytest
 
 from stackbox.metadata.content import InstanceMetadata, Interface
 from stackbox.metadata.plumbing import METADATA_IP, MetadataPlumbing
-from stackbox.metadata.server import MetadataServer
+from stackbox.metadata.server import MetadataServer, MetadataThread
 
 pytestmark = pytest.mark.e2e
 
@@ -78,17 +76,13 @@ class Service:
     def __init__(self, instances: dict):
         self.instances = instances
         self.server = MetadataServer(lambda n, ip: self.instances.get((n, ip)), cache_seconds=1)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.plumbing = MetadataPlumbing(self.server, self.loop)
+        self.runner = MetadataThread(self.server)
+        self.plumbing = MetadataPlumbing(self.server, self.runner.loop)
 
     def stop(self) -> None:
         for ns in self.plumbing.namespaces():
             self.plumbing.remove(ns)
-        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.runner.stop()
 
 
 @pytest.fixture
