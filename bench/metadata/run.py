@@ -106,10 +106,10 @@ def write_payload(work: Path) -> tuple[Path, Path]:
 
 
 NGINX_CONF = """\
-worker_processes 2;
+worker_processes {workers};
 worker_rlimit_nofile 20000;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log warn;
+pid {work}/nginx{port}.pid;
+error_log {work}/nginx{port}-error.log warn;
 events {{ worker_connections 16000; multi_accept on; }}
 http {{
     access_log off;
@@ -211,16 +211,19 @@ class Stackbox:
 
 
 class Nginx:
-    def __init__(self, topo: Topology, root: Path, work: Path):
+    def __init__(self, topo: Topology, root: Path, work: Path, *, port: int, workers: int):
         (work / "nginx-tmp").mkdir(exist_ok=True)
-        conf = work / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(work=work, ip=MD_IP, port=NGINX_PORT, root=root))
+        self.port = port
+        conf = work / f"nginx{port}.conf"
+        conf.write_text(NGINX_CONF.format(work=work, ip=MD_IP, port=port, root=root,
+                                          workers=workers))
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", topo.srv, find_nginx(), "-c", str(conf), "-p", str(work),
              "-g", "daemon off;"], stderr=open(work / "nginx.log", "ab"))
         time.sleep(1.0)
         if self.proc.poll() is not None:
-            log = (work / "nginx-error.log").read_text() if (work / "nginx-error.log").exists() else ""
+            err = work / f"nginx{port}-error.log"
+            log = err.read_text() if err.exists() else ""
             raise RuntimeError(f"nginx did not start: {log}{(work / 'nginx.log').read_text()}")
 
     def tree_figures(self) -> dict:
@@ -249,11 +252,12 @@ def failures(r: dict) -> int:
     return r["errors"] + r["non_200"] + r["connect_errors"] + r["unfinished"]
 
 
-def run_target(target: str, storm_bin: str, topo: Topology, nginx: Nginx, count: int,
+def run_target(target: str, storm_bin: str, topo: Topology, nginxes: dict, count: int,
                paths: Path, work: Path) -> dict:
-    if target == "nginx":
+    if target in nginxes:
+        nginx = nginxes[target]
         before = nginx.tree_figures()
-        r = storm(storm_bin, topo, NGINX_PORT, count, paths)
+        r = storm(storm_bin, topo, nginx.port, count, paths)
         after = nginx.tree_figures()
         r.update(target=target, rss_mib=after["rss_mib"],
                  server_cpu_s=after["cpu_s"] - before["cpu_s"])
@@ -280,7 +284,8 @@ def main() -> int:
     ap.add_argument("--asyncio-loop", action="store_true",
                     help="also run stackbox on the standard asyncio loop (no uvloop)")
     args = ap.parse_args()
-    targets = ["nginx", "stackbox"] + (["stackbox-asyncio"] if args.asyncio_loop else [])
+    targets = ["nginx", "nginx-1worker", "stackbox"] + (
+        ["stackbox-asyncio"] if args.asyncio_loop else [])
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
@@ -294,7 +299,10 @@ def main() -> int:
         nseq = len(paths.read_text().split())
         print(f"sequence: {nseq} requests per instance (cloud-init 22.4, keep-alive)")
         with Topology(max(counts)) as topo:
-            nginx = Nginx(topo, root, work)
+            # nginx as Debian ships it (one worker per core) and with one
+            # worker: the stackbox server is one event loop, i.e. one core.
+            nginxes = {"nginx": Nginx(topo, root, work, port=NGINX_PORT, workers=os.cpu_count() or 1),
+                       "nginx-1worker": Nginx(topo, root, work, port=NGINX_PORT + 1, workers=1)}
             try:
                 # warm-up: resolves every neighbour once, like a network in use
                 storm(storm_bin, topo, NGINX_PORT, max(counts), paths)
@@ -306,17 +314,19 @@ def main() -> int:
                 for rnd in range(args.rounds):
                     for count in counts:
                         for target in targets:
-                            r = run_target(target, storm_bin, topo, nginx, count, paths, work)
+                            r = run_target(target, storm_bin, topo, nginxes, count, paths, work)
                             r.update(round=rnd)
                             results["runs"].append(r)
                             print(f"  round {rnd} {target:16} {count:6} instances: "
                                   f"{r['rps']:7.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
-                                  f"p99 {r['p99_ms']:8.2f} ms  errors {failures(r)}  "
+                                  f"p99 {r['p99_ms']:8.2f} ms  first-request p99 "
+                                  f"{r['first_p99_ms']:8.2f} ms  errors {failures(r)}  "
                                   f"server CPU {r['server_cpu_s']:.2f} s  "
                                   f"({r['requests'] / max(r['server_cpu_s'], 1e-9):.0f} req/CPU-s)  "
                                   f"RSS {r['rss_mib']:.0f} MiB", flush=True)
             finally:
-                nginx.stop()
+                for nginx in nginxes.values():
+                    nginx.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_summary(results, counts)
@@ -329,7 +339,7 @@ def print_summary(results: dict, counts: list[int]) -> None:
     print("\nmedians            instances    req/s    p50 ms   p99 ms  errors  RSS MiB")
     for count in counts:
         med = {}
-        for target in ("nginx", "stackbox", "stackbox-asyncio"):
+        for target in ("nginx", "nginx-1worker", "stackbox", "stackbox-asyncio"):
             runs = [r for r in results["runs"] if r["target"] == target and r["instances"] == count]
             if not runs:
                 continue
@@ -340,9 +350,10 @@ def print_summary(results: dict, counts: list[int]) -> None:
             print(f"  {target:16} {count:9} {m['rps']:8.0f} {m['p50_ms']:9.2f} {m['p99_ms']:8.2f}"
                   f" {m['errors']:7} {m['rss_mib']:8.0f}")
         for target in ("stackbox", "stackbox-asyncio"):
-            if target in med and "nginx" in med:
-                print(f"  {target} / nginx req/s at {count}: "
-                      f"{med[target]['rps'] / med['nginx']['rps']:.2f}")
+            for peer in ("nginx", "nginx-1worker"):
+                if target in med and peer in med:
+                    print(f"  {target} / {peer} req/s at {count}: "
+                          f"{med[target]['rps'] / med[peer]['rps']:.2f}")
 
 
 if __name__ == "__main__":

@@ -186,6 +186,20 @@ class MetadataPlumbing:
                              "dev", "lo"], timeout=self.timeout, check=False)
             return had
 
+    # The network agent's interface (stackbox.network.agent.MetadataPlumbing):
+    # it names one network at a time, so a router namespace accumulates the
+    # networks of its interfaces until the namespace is removed. A network
+    # detached from the router stays a candidate harmlessly: its guests'
+    # packets no longer reach this namespace.
+    def ensure_metadata(self, namespace: str, network_id: str) -> None:
+        have = self._plumbed.get(namespace)
+        networks = dict(have.networks) if have is not None else {}
+        networks.setdefault(network_id, ())
+        self.ensure(namespace, networks)
+
+    def remove_metadata(self, namespace: str) -> None:
+        self.remove(namespace)
+
     def namespaces(self) -> list[str]:
         return sorted(self._plumbed)
 

@@ -30,7 +30,7 @@ from stackbox.metadata.content import Documents, InstanceMetadata
 log = logging.getLogger("stackbox.metadata")
 
 Lookup = Callable[[str, str], "InstanceMetadata | None"]
-Resolver = Callable[[str], "str | None"]
+Resolver = Callable[[str], "tuple[str, ...]"]
 
 MAX_HEAD = 16 * 1024
 MAX_BODY = 4096
@@ -44,28 +44,28 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 
 
 class NetworkResolver:
-    """peer ip -> network id for one namespace. A DHCP namespace serves one
-    network: every source belongs to it. A router namespace joins several
-    networks whose subnets never overlap (Neutron refuses that), so the
-    source address says which network the guest is on; a spoofed source
-    cannot complete the TCP handshake because the SYN-ACK is routed to the
-    real owner's network."""
+    """peer ip -> the networks the guest may be on, for one namespace.
+
+    A DHCP namespace serves one network: every source belongs to it. A
+    router namespace joins several networks whose subnets never overlap
+    (Neutron refuses that), so the source address picks the network when the
+    subnets are known; networks given without subnets are all candidates,
+    and the instance lookup decides (at most one has a port with that
+    address). A spoofed source cannot complete the TCP handshake: the
+    SYN-ACK is routed to the real owner's network."""
 
     def __init__(self, networks: Mapping[str, Iterable[str]] | str):
         if isinstance(networks, str):
             networks = {networks: ()}
         self.networks = {net: tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
                          for net, cidrs in networks.items()}
-        self._only = next(iter(self.networks)) if len(self.networks) == 1 else None
+        self._anywhere = tuple(net for net, cidrs in self.networks.items() if not cidrs)
 
-    def __call__(self, ip: str) -> str | None:
-        if self._only is not None and not self.networks[self._only]:
-            return self._only
+    def __call__(self, ip: str) -> tuple[str, ...]:
         addr = ipaddress.ip_address(ip)
-        for net, cidrs in self.networks.items():
-            if any(addr in c for c in cidrs):
-                return net
-        return None
+        matched = tuple(net for net, cidrs in self.networks.items()
+                        if any(addr in c for c in cidrs))
+        return matched[:1] + self._anywhere
 
 
 class MetadataServer:
@@ -231,6 +231,16 @@ class MetadataServer:
         if future is not None and not future.done():
             future.set_result(entry)
 
+    async def find(self, candidates: tuple[str, ...], ip: str
+                   ) -> tuple[str | None, tuple[float, Documents | None]]:
+        """The first candidate network with an instance at `ip`."""
+        entry: tuple[float, Documents | None] = (0.0, None)
+        for network_id in candidates:
+            entry = await self.documents(network_id, ip)
+            if entry[1] is not None:
+                return network_id, entry
+        return None, entry
+
     def invalidate(self, network_id: str | None = None, ip: str | None = None) -> None:
         """Forget cached documents (all, a network's, or one instance's)."""
         for key in list(self._cache):
@@ -287,10 +297,11 @@ class _Connection(asyncio.Protocol):
         self.ip = peer[0] if peer else "?"
         if self.ip.startswith("::ffff:"):
             self.ip = self.ip[7:]
+        self.network: str | None = None
         try:
-            self.network = self.server._resolvers[self.listener](self.ip)
+            self.candidates = self.server._resolvers[self.listener](self.ip)
         except (ValueError, KeyError):
-            self.network = None
+            self.candidates = ()
         self.server._conns.add(self)
         self.server.stats["connections"] += 1
 
@@ -320,19 +331,21 @@ class _Connection(asyncio.Protocol):
                 return
             if consumed > len(self.buffer):
                 return                          # body not complete yet
-            if self.network is not None and self.expiry <= time.monotonic():
-                hit = self.server.cached((self.network, self.ip), time.monotonic())
+            if self.candidates and self.expiry <= time.monotonic():
+                hit = (self.server.cached((self.candidates[0], self.ip), time.monotonic())
+                       if len(self.candidates) == 1 else None)
                 if hit is None:
                     self._wait_for_documents()
                     return
                 self.expiry, self.docs = hit
+                self.network = self.candidates[0] if hit[1] is not None else None
             self.buffer = self.buffer[consumed:]
             self._respond(request)
 
     def _wait_for_documents(self) -> None:
         self.waiting = True
         self.transport.pause_reading()
-        task = asyncio.ensure_future(self.server.documents(self.network, self.ip))
+        task = asyncio.ensure_future(self.server.find(self.candidates, self.ip))
         task.add_done_callback(self._documents_ready)
 
     def _documents_ready(self, task: asyncio.Future) -> None:
@@ -344,7 +357,9 @@ class _Connection(asyncio.Protocol):
             self.server.stats["errors"] += 1
             self._fail(500, "metadata lookup failed")
             return
-        self.expiry, self.docs = task.result()
+        self.network, (self.expiry, self.docs) = task.result()
+        if self.network is not None:
+            self.candidates = (self.network,)     # the guest's network does not change
         self._process()
 
     def _parse(self, end: int) -> tuple[_Request, int]:

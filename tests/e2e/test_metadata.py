@@ -140,7 +140,9 @@ def test_router_namespace_networks_by_subnet_and_overlapping_routers(namespaces,
         ("n2", "10.92.2.5"): instance(ids["n2"], "n2", "10.92.2.5"),
         ("n3", "10.92.1.5"): instance(ids["n3"], "n3", "10.92.1.5")})
     service.plumbing.ensure(r1, {"n1": ["10.92.1.0/24"], "n2": ["10.92.2.0/24"]})
-    service.plumbing.ensure(r2, {"n3": ["10.92.1.0/24"]})
+    # the network agent's interface: one network id at a time, no subnets
+    service.plumbing.ensure_metadata(r2, "n-other")
+    service.plumbing.ensure_metadata(r2, "n3")
     for ns, src, key in ((g1, "10.92.1.5", "n1"), (g2, "10.92.2.5", "n2"),
                          (g3, "10.92.1.5", "n3")):
         code, body = curl(ns, src, "/openstack/latest/meta_data.json")

@@ -236,10 +236,35 @@ def test_failing_lookup_is_500_not_a_hang():
 
 def test_router_resolver_picks_network_by_subnet():
     res = NetworkResolver({"net-1": ["10.0.1.0/24"], "net-2": ["10.0.2.0/24", "10.0.3.0/24"]})
-    assert res("10.0.1.9") == "net-1"
-    assert res("10.0.3.9") == "net-2"
-    assert res("10.0.9.9") is None
-    assert NetworkResolver("only")("192.0.2.1") == "only"
+    assert res("10.0.1.9") == ("net-1",)
+    assert res("10.0.3.9") == ("net-2",)
+    assert res("10.0.9.9") == ()
+    assert NetworkResolver("only")("192.0.2.1") == ("only",)
+    assert NetworkResolver({"a": (), "b": ()})("192.0.2.1") == ("a", "b")
+
+
+def test_networks_without_subnets_let_the_lookup_decide(lookups):
+    """A router namespace plumbed by network id only: the instance lookup
+    finds which of its networks has a port with the source address."""
+    inst = _inst("uuid-b", B, "k")
+
+    def lookup(network_id, ip):
+        lookups.append((network_id, ip))
+        return inst if (network_id, ip) == ("net-2", B) else None
+    r = Running(MetadataServer(lookup), NetworkResolver({"net-1": (), "net-2": ()}))
+    try:
+        conn = r.conn(B)
+        status, body, _ = _get(conn, "/openstack/latest/meta_data.json")
+        assert status == 200 and json.loads(body)["uuid"] == "uuid-b"
+        assert _get(conn, "/openstack")[0] == 200
+        assert lookups == [("net-1", B), ("net-2", B)]
+        token = _get(conn, "/latest/api/token", method="PUT",
+                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "5"})[1]
+        assert _get(conn, "/latest/meta-data/instance-id",
+                    headers={"X-aws-ec2-metadata-token": token.decode()})[0] == 200
+        assert _get(r.conn(A), "/openstack")[0] == 404
+    finally:
+        r.stop()
 
 
 def test_remove_listener_stops_serving(running):
