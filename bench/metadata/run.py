@@ -256,6 +256,7 @@ def run_target(target: str, storm_bin: str, topo: Topology, nginxes: dict, count
                paths: Path, work: Path) -> dict:
     if target in nginxes:
         nginx = nginxes[target]
+        ip("-n", topo.srv, "addr", "replace", f"{MD_IP}/32", "dev", "lo")
         before = nginx.tree_figures()
         r = storm(storm_bin, topo, nginx.port, count, paths)
         after = nginx.tree_figures()

@@ -75,7 +75,8 @@ async def main(args) -> None:
     print("ready", flush=True)
     await stop.wait()
     print(f"stats {server.stats}", file=sys.stderr, flush=True)
-    await plumbing.remove_async(args.namespace)
+    # Only the listener goes: the address on lo stays, as when stackbox
+    # restarts (nginx in the same namespace listens on it too).
     await server.close()
 
 
