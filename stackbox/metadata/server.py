@@ -286,6 +286,7 @@ class _Connection(asyncio.Protocol):
         self.listener = listener
         self.buffer = b""
         self.waiting = False
+        self.write_paused = False
         self.closing = False
         self.docs: Documents | None = None
         self.expiry = 0.0
@@ -309,6 +310,18 @@ class _Connection(asyncio.Protocol):
         self.server._conns.discard(self)
         self.closing = True
 
+    # A client that pipelines requests without reading the answers must not
+    # grow our write buffer without bound: stop reading until it drains.
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if not self.waiting and not self.closing:
+            self.transport.resume_reading()
+            self._process()
+
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         self.last_active = time.monotonic()
@@ -318,7 +331,7 @@ class _Connection(asyncio.Protocol):
     # --- request loop ---------------------------------------------------------
 
     def _process(self) -> None:
-        while self.buffer and not self.closing:
+        while self.buffer and not self.closing and not self.write_paused:
             end = self.buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buffer) > MAX_HEAD:
@@ -352,7 +365,8 @@ class _Connection(asyncio.Protocol):
         self.waiting = False
         if self.closing:
             return
-        self.transport.resume_reading()
+        if not self.write_paused:
+            self.transport.resume_reading()
         if task.cancelled() or task.exception() is not None:
             self.server.stats["errors"] += 1
             self._fail(500, "metadata lookup failed")
@@ -408,7 +422,9 @@ class _Connection(asyncio.Protocol):
         if req.method not in ("GET", "HEAD"):
             return 405, b"Method Not Allowed: use GET\n", b"text/plain", b"Allow: GET, HEAD\r\n"
         token = req.headers.get(tokens.TOKEN_HEADER)
-        if token is not None or self.server.require_token:
+        # require_token guards the EC2 tree (IMDSv2-only); the OpenStack tree
+        # has no token protocol and cloud-init reads it without one.
+        if token is not None or (self.server.require_token and not path.startswith("openstack")):
             if token is None or not tokens.valid(self.server.token_key, token, self.network,
                                                  self.ip, time.time()):
                 return 401, b"Unauthorized: missing, expired or foreign token\n", b"text/plain", b""

@@ -273,3 +273,45 @@ def test_remove_listener_stops_serving(running):
     running.call(running.server.remove_listener("lo"))
     with pytest.raises(OSError):
         socket.create_connection((running.host, running.port), timeout=2)
+
+
+def test_require_token_leaves_the_openstack_tree_open():
+    inst = _inst("uuid-a", A, "k")
+    r = Running(MetadataServer(lambda n, ip: inst, require_token=True), NetworkResolver(NET))
+    try:
+        conn = r.conn(A)
+        assert _get(conn, "/openstack/latest/meta_data.json")[0] == 200
+        assert _get(conn, "/latest/meta-data/")[0] == 401
+    finally:
+        r.stop()
+
+
+def test_a_client_that_never_reads_cannot_grow_the_server_buffer(running):
+    """Pipeline far more answers than socket buffers hold, read nothing:
+    the server stops reading instead of queueing megabytes, and catches up
+    once the client reads."""
+    one = b"GET /openstack/latest/meta_data.json HTTP/1.1\r\nHost: x\r\n\r\n"
+    size = len(_raw(running, one.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")))
+    size -= len(b"Connection: close\r\n")
+    n = 20000                       # ~20 MB of answers: more than kernel buffers hold
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # before connect: small window
+    s.bind((A, 0))
+    s.connect((running.host, running.port))
+    sender = threading.Thread(target=s.sendall, args=(one * n,), daemon=True)
+    sender.start()
+    time.sleep(1.5)
+    buffered = running.call(_write_buffer_sizes(running.server))
+    assert max(buffered) < 1024 * 1024, buffered
+    got = 0
+    while got < n * size:
+        chunk = s.recv(1 << 20)
+        assert chunk
+        got += len(chunk)
+    assert got == n * size
+    sender.join(10)
+    s.close()
+
+
+async def _write_buffer_sizes(server):
+    return [c.transport.get_write_buffer_size() for c in server._conns] or [0]
