@@ -190,10 +190,12 @@ def proc_figures(pid: int) -> dict:
 
 
 class Stackbox:
-    def __init__(self, topo: Topology, count: int, work: Path, loop: str = "auto"):
+    def __init__(self, topo: Topology, count: int, work: Path, loop: str = "auto",
+                 lookup: str = "inline"):
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "serve.py"), "--namespace", topo.srv,
-             "--first-ip", FIRST, "--count", str(count), "--cidr", SUBNET, "--loop", loop],
+             "--first-ip", FIRST, "--count", str(count), "--cidr", SUBNET, "--loop", loop,
+             "--lookup", lookup],
             stdout=subprocess.PIPE, stderr=open(work / "serve.log", "ab"), text=True)
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
@@ -264,7 +266,8 @@ def run_target(target: str, storm_bin: str, topo: Topology, nginxes: dict, count
                  server_cpu_s=after["cpu_s"] - before["cpu_s"])
         return r
     # A fresh server per run: a boot storm meets a cold cache.
-    sbx = Stackbox(topo, count, work, loop="asyncio" if target.endswith("asyncio") else "auto")
+    sbx = Stackbox(topo, count, work, loop="asyncio" if target.endswith("asyncio") else "auto",
+                   lookup="thread" if target.endswith("thread") else "inline")
     try:
         before = proc_figures(sbx.proc.pid)
         r = storm(storm_bin, topo, 80, count, paths)
@@ -285,7 +288,7 @@ def main() -> int:
     ap.add_argument("--asyncio-loop", action="store_true",
                     help="also run stackbox on the standard asyncio loop (no uvloop)")
     args = ap.parse_args()
-    targets = ["nginx", "nginx-1worker", "stackbox"] + (
+    targets = ["nginx", "nginx-1worker", "stackbox", "stackbox-thread"] + (
         ["stackbox-asyncio"] if args.asyncio_loop else [])
     if os.geteuid() != 0:
         print("needs root (network namespaces)", file=sys.stderr)
@@ -337,20 +340,22 @@ def main() -> int:
 
 
 def print_summary(results: dict, counts: list[int]) -> None:
-    print("\nmedians            instances    req/s    p50 ms   p99 ms  errors  RSS MiB")
+    print("\nmedians            instances    req/s    p50 ms   p99 ms  errors  RSS MiB"
+          "  first-request p99 ms")
     for count in counts:
         med = {}
-        for target in ("nginx", "nginx-1worker", "stackbox", "stackbox-asyncio"):
+        for target in ("nginx", "nginx-1worker", "stackbox", "stackbox-thread",
+                       "stackbox-asyncio"):
             runs = [r for r in results["runs"] if r["target"] == target and r["instances"] == count]
             if not runs:
                 continue
             m = {k: statistics.median(r[k] for r in runs)
-                 for k in ("rps", "p50_ms", "p99_ms", "rss_mib")}
+                 for k in ("rps", "p50_ms", "p99_ms", "rss_mib", "first_p99_ms")}
             m["errors"] = sum(failures(r) for r in runs)
             med[target] = m
             print(f"  {target:16} {count:9} {m['rps']:8.0f} {m['p50_ms']:9.2f} {m['p99_ms']:8.2f}"
-                  f" {m['errors']:7} {m['rss_mib']:8.0f}")
-        for target in ("stackbox", "stackbox-asyncio"):
+                  f" {m['errors']:7} {m['rss_mib']:8.0f} {m['first_p99_ms']:10.0f}")
+        for target in ("stackbox", "stackbox-thread", "stackbox-asyncio"):
             for peer in ("nginx", "nginx-1worker"):
                 if target in med and peer in med:
                     print(f"  {target} / {peer} req/s at {count}: "

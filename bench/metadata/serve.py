@@ -54,6 +54,9 @@ def parse_args():
     ap.add_argument("--cache-seconds", type=float, default=5.0)
     ap.add_argument("--loop", choices=("auto", "asyncio"), default="auto",
                     help="auto: uvloop when installed, as MetadataThread does")
+    ap.add_argument("--lookup", choices=("inline", "thread"), default="inline",
+                    help="inline: the lookup reads memory on the event loop (an in-memory "
+                    "port index); thread: in worker threads, as a database query runs")
     return ap.parse_args()
 
 
@@ -67,7 +70,8 @@ async def main(args) -> None:
             return None
         return instance_for(ip, first, args.count, args.cidr)
 
-    server = MetadataServer(lookup, cache_seconds=args.cache_seconds)
+    server = MetadataServer(lookup, cache_seconds=args.cache_seconds,
+                            lookup_in_thread=args.lookup == "thread")
     plumbing = MetadataPlumbing(server, asyncio.get_running_loop())
     await plumbing.ensure_async(args.namespace, NETWORK)
     stop = asyncio.Event()

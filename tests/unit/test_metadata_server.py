@@ -205,20 +205,33 @@ def test_http10_closes_unless_keep_alive(running):
     assert out.startswith(b"HTTP/1.1 200") and b"Connection: close" in out
 
 
-def test_cache_expires_and_lookup_runs_again(lookups):
-    inst = _inst("uuid-a", A, "k")
+def test_expired_documents_are_refreshed_without_blocking(lookups):
+    """After cache_seconds an open connection is answered from what it has
+    while a lookup refreshes it; the next answers are the new documents, and
+    an instance that is gone is 404 from then on."""
+    versions = [_inst("uuid-old", A, "k"), _inst("uuid-new", A, "k"), None]
 
     def lookup(n, ip):
         lookups.append(ip)
-        return inst
+        return versions[min(len(lookups), 3) - 1]
     r = Running(MetadataServer(lookup, cache_seconds=0.2), NetworkResolver(NET))
+
+    def uuid_of(conn):
+        status, body, _ = _get(conn, "/openstack/latest/meta_data.json")
+        return json.loads(body)["uuid"] if status == 200 else status
     try:
         conn = r.conn(A)
-        _get(conn, "/openstack")
-        _get(conn, "/openstack")
+        assert uuid_of(conn) == "uuid-old"
+        assert uuid_of(conn) == "uuid-old" and lookups == [A]
         time.sleep(0.3)
-        _get(conn, "/openstack")
-        assert lookups == [A, A]
+        assert uuid_of(conn) == "uuid-old"            # stale answer, refresh started
+        time.sleep(0.1)
+        assert uuid_of(conn) == "uuid-new" and lookups == [A, A]
+        time.sleep(0.3)
+        uuid_of(conn)
+        time.sleep(0.1)
+        assert uuid_of(conn) == 404                   # the instance is gone
+        assert uuid_of(r.conn(A)) == 404
     finally:
         r.stop()
 
@@ -315,3 +328,22 @@ def test_a_client_that_never_reads_cannot_grow_the_server_buffer(running):
 
 async def _write_buffer_sizes(server):
     return [c.transport.get_write_buffer_size() for c in server._conns] or [0]
+
+
+@pytest.mark.parametrize("mode", ["inline", "coroutine"])
+def test_lookup_on_the_loop(mode):
+    instances = {(NET, A): _inst("uuid-a", A, "ka"), (NET, B): _inst("uuid-b", B, "kb")}
+    if mode == "inline":
+        server = MetadataServer(lambda n, ip: instances.get((n, ip)), lookup_in_thread=False)
+    else:
+        async def lookup(n, ip):
+            return instances.get((n, ip))
+        server = MetadataServer(lookup)
+    r = Running(server, NetworkResolver(NET))
+    try:
+        for ip, uuid in ((A, "uuid-a"), (B, "uuid-b")):
+            status, body, _ = _get(r.conn(ip), "/openstack/latest/meta_data.json")
+            assert status == 200 and json.loads(body)["uuid"] == uuid
+        assert _get(r.conn(STRANGER), "/openstack")[0] == 404
+    finally:
+        r.stop()
