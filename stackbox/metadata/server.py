@@ -90,6 +90,7 @@ class MetadataServer:
         self.token_key = token_key or tokens.new_key()
         self.idle_seconds = idle_seconds
         self._cache: dict[tuple[str, str], tuple[float, Documents | None]] = {}
+        self._built: dict[tuple[str, str], tuple[InstanceMetadata, Documents]] = {}
         self._pending: dict[tuple[str, str], asyncio.Future] = {}
         self._queue: collections.deque[tuple[str, str]] = collections.deque()
         self._loaders = 0
@@ -179,7 +180,7 @@ class MetadataServer:
             self.stats["lookups"] += 1
             try:
                 instance = self._lookup(*key)
-                outcome = content.build(instance) if instance is not None else None
+                outcome = self._documents_for(key, instance)
             except Exception:
                 log.exception("metadata lookup failed for network %s ip %s", *key)
                 raise
@@ -202,7 +203,7 @@ class MetadataServer:
     async def _load_async(self, key: tuple[str, str]) -> None:
         try:
             instance = await self._lookup(*key)
-            outcome = content.build(instance) if instance is not None else None
+            outcome = self._documents_for(key, instance)
         except Exception as e:
             log.exception("metadata lookup failed for network %s ip %s", *key)
             outcome = e
@@ -228,13 +229,28 @@ class MetadataServer:
                     # from a busy loop (measured: 90 % of its time waiting).
                     if isinstance(outcome, InstanceMetadata):
                         try:
-                            outcome = content.build(outcome)
+                            outcome = self._documents_for(key, outcome)
                         except Exception as e:
                             log.exception("building metadata failed for %s %s", *key)
                             outcome = e
                     self._finish(key, outcome)
         finally:
             self._loaders -= 1
+
+    def _documents_for(self, key: tuple[str, str], instance: InstanceMetadata | None
+                       ) -> Documents | None:
+        """Build the documents, or reuse the last ones when the instance did
+        not change: a refresh then costs a lookup, not a build (in a long
+        storm every connection refreshes every cache_seconds)."""
+        if instance is None:
+            self._built.pop(key, None)
+            return None
+        last = self._built.get(key)
+        if last is not None and last[0] == instance:
+            return last[1]
+        docs = content.build(instance)
+        self._built[key] = (instance, docs)
+        return docs
 
     def _lookup_many(self, keys: list[tuple[str, str]]) -> list:
         outcomes: list = []
@@ -271,9 +287,10 @@ class MetadataServer:
 
     def invalidate(self, network_id: str | None = None, ip: str | None = None) -> None:
         """Forget cached documents (all, a network's, or one instance's)."""
-        for key in list(self._cache):
-            if (network_id is None or key[0] == network_id) and (ip is None or key[1] == ip):
-                del self._cache[key]
+        for cache in (self._cache, self._built):
+            for key in list(cache):
+                if (network_id is None or key[0] == network_id) and (ip is None or key[1] == ip):
+                    del cache[key]
 
     async def _sweep(self) -> None:
         while True:
@@ -281,6 +298,11 @@ class MetadataServer:
             now = time.monotonic()
             for key in [k for k, v in self._cache.items() if v[0] <= now]:
                 del self._cache[key]
+            # Connections may still serve (and refresh) their documents;
+            # keep what was built for an instance with an open connection.
+            live = {(c.network, c.ip) for c in self._conns}
+            for key in [k for k in self._built if k not in self._cache and k not in live]:
+                del self._built[key]
             idle_before = now - self.idle_seconds
             for conn in [c for c in self._conns if c.last_active < idle_before]:
                 conn.transport.close()

@@ -347,3 +347,22 @@ def test_lookup_on_the_loop(mode):
         assert _get(r.conn(STRANGER), "/openstack")[0] == 404
     finally:
         r.stop()
+
+
+def test_refresh_of_an_unchanged_instance_reuses_the_documents(monkeypatch):
+    from stackbox.metadata import content
+    builds = []
+    real = content.build
+    monkeypatch.setattr(content, "build", lambda inst, **kw: builds.append(inst) or real(inst, **kw))
+    inst = _inst("uuid-a", A, "k")
+    r = Running(MetadataServer(lambda n, ip: inst, cache_seconds=0.1, lookup_in_thread=False),
+                NetworkResolver(NET))
+    try:
+        conn = r.conn(A)
+        first = _get(conn, "/openstack/latest/meta_data.json")[1]
+        for _ in range(3):
+            time.sleep(0.15)
+            assert _get(conn, "/openstack/latest/meta_data.json")[1] == first
+        assert r.server.stats["lookups"] >= 3 and len(builds) == 1
+    finally:
+        r.stop()
