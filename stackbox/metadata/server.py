@@ -275,6 +275,27 @@ class MetadataServer:
         if future is not None and not future.done():
             future.set_result(entry)
 
+    @property
+    def inline(self) -> bool:
+        """The lookup runs on the loop and never blocks (no task needed)."""
+        return not self._async_lookup and not self.lookup_in_thread
+
+    def find_now(self, candidates: tuple[str, ...], ip: str
+                 ) -> tuple[str | None, tuple[float, Documents | None]]:
+        """`find` for an inline lookup, without a task."""
+        entry: tuple[float, Documents | None] = (0.0, None)
+        now = time.monotonic()
+        for network_id in candidates:
+            key = (network_id, ip)
+            entry = self.cached(key, now)
+            if entry is None:
+                self.stats["lookups"] += 1
+                self._finish(key, self._documents_for(key, self._lookup(*key)))
+                entry = self._cache[key]
+            if entry[1] is not None:
+                return network_id, entry
+        return None, entry
+
     async def find(self, candidates: tuple[str, ...], ip: str
                    ) -> tuple[str | None, tuple[float, Documents | None]]:
         """The first candidate network with an instance at `ip`."""
@@ -407,6 +428,17 @@ class _Connection(asyncio.Protocol):
                 else:
                     hit = (self.server.cached((self.candidates[0], self.ip), time.monotonic())
                            if len(self.candidates) == 1 else None)
+                    if hit is None and self.server.inline:
+                        # No task, no pause: with thousands of connections one
+                        # loop iteration takes long, and a first request that
+                        # needs two more of them waited seconds in a storm.
+                        try:
+                            network, hit = self.server.find_now(self.candidates, self.ip)
+                        except Exception:
+                            self.server.stats["errors"] += 1
+                            self._fail(500, "metadata lookup failed")
+                            return
+                        self.candidates = (network,) if network else self.candidates
                     if hit is None:
                         self._wait_for_documents()
                         return
