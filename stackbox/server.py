@@ -83,10 +83,19 @@ class Cloud:
         self.compute_agent = compute_agent(self.settings, self.db, self.compute, self.image,
                                            self.network)
         self.compute.wake = self.compute_agent.wake
+        from stackbox.metadata.plumbing import MetadataPlumbing
+        from stackbox.metadata.server import MetadataServer, MetadataThread
+        from stackbox.metadata.sources import Lookup
         from stackbox.network.agent import NetworkAgent
+        md = self.settings.metadata
+        self.metadata_server = MetadataServer(Lookup(self.compute, self.network),
+                                              cache_seconds=md.cache_seconds,
+                                              require_token=md.require_token)
+        self.metadata_thread = MetadataThread(self.metadata_server)
         host_id = self.compute_agent.host_id
         self.network_agent = NetworkAgent.from_settings(
-            self.settings, desired=lambda: self.network.host_state(host_id))
+            self.settings, desired=lambda: self.network.host_state(host_id),
+            metadata=MetadataPlumbing(self.metadata_server, self.metadata_thread.loop))
         # a new tap is plugged and filtered at once, not at the next pass
         self.compute_agent.plugged = self.network_agent.wake
 
@@ -275,6 +284,7 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
         finally:
             stop.set()
             await asyncio.gather(*chores, return_exceptions=True)
+            await asyncio.to_thread(cloud.metadata_thread.stop)
 
     try:
         log.info("stackbox %s serving %s", __version__, settings.service_ports())

@@ -272,6 +272,17 @@ class NetworkSettings(_Section):
         return v
 
 
+class MetadataSettings(_Section):
+    cache_seconds: float = Field(
+        5.0, ge=0, le=300, description="How long the metadata service keeps an instance's "
+        "documents after looking it up (a booting guest makes ~40 requests in about a "
+        "second). Changes to a server show up in guests after at most this long.")
+    require_token: bool = Field(
+        False, description="Serve EC2-style metadata only with an IMDSv2 session token "
+        "(`PUT /latest/api/token` first). False also accepts token-less (IMDSv1) requests, "
+        "which cloud-init's OpenStack datasource makes.")
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the stackbox process.")
@@ -294,6 +305,7 @@ class Settings(_Section):
     compute: ComputeSettings = ComputeSettings()
     network: NetworkSettings = NetworkSettings()
     object_store: ObjectStoreSettings = ObjectStoreSettings()
+    metadata: MetadataSettings = MetadataSettings()
     log: LogSettings = LogSettings()
 
     def service_ports(self) -> dict[str, int]:

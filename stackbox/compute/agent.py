@@ -11,7 +11,6 @@ is idempotent. One server is never worked on twice at once.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import socket
 import threading
@@ -356,32 +355,14 @@ class ComputeAgent:
                     bridge=bridge_name(p["network_id"]), mtu=p.get("mtu") or 1500, model=model)
                 for p in self.network.server_network_info(server.id)]
 
-    def instance_metadata(self, server: Server) -> dict:
-        """Nova's meta_data.json for this server (config drive and metadata service)."""
-        keys = {}
-        if server.key_name and server.key_data:
-            keys[server.key_name] = server.key_data
-        doc = {"uuid": server.id, "name": server.name, "hostname": server.hostname,
-               "launch_index": server.launch_index,
-               "availability_zone": server.availability_zone or "nova",
-               "project_id": server.project_id, "meta": dict(server.metadata_ or {}),
-               "public_keys": keys, "devices": [],
-               "keys": [{"name": n, "type": "ssh", "data": k} for n, k in keys.items()]}
-        return doc
-
     def _config_drive(self, server: Server, nics) -> Path:
-        user_data = base64.b64decode(server.user_data) if server.user_data else None
-        network_data = None
-        if nics:
-            network_data = {"links": [{"id": f"tap{n.port_id[:11]}", "type": "phy",
-                                       "ethernet_mac_address": n.mac, "mtu": n.mtu,
-                                       "vif_id": n.port_id} for n in nics],
-                            "networks": [{"id": f"network{i}", "type": "ipv4_dhcp",
-                                          "link": f"tap{n.port_id[:11]}",
-                                          "network_id": n.port_id}
-                                         for i, n in enumerate(nics)],
-                            "services": []}
-        files = configdrive.openstack_layout(self.instance_metadata(server), user_data,
+        """The same documents the metadata service serves (one builder, two
+        transports), as an ISO 9660 `config-2` drive."""
+        from stackbox.metadata import content
+        from stackbox.metadata.sources import instance_metadata
+        instance = instance_metadata(server, self.network)
+        network_data = content.network_data(instance) if instance.interfaces else None
+        files = configdrive.openstack_layout(content.meta_data(instance), instance.user_data,
                                              network_data, None)
         path = self.driver.config_drive_path(server.id)
         configdrive.build_config_drive(path, files)

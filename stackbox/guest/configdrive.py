@@ -38,8 +38,11 @@ def _has(version: str, name: str) -> bool:
     return first is None or version == LATEST or version >= first
 
 
-def ec2_meta_data(meta_data: dict) -> dict:
-    """The EC2-style document nova writes to ec2/latest/meta-data.json."""
+def ec2_meta_data(meta_data: dict, extra: dict | None = None) -> dict:
+    """The EC2-style document nova writes to ec2/latest/meta-data.json.
+
+    `extra` holds EC2-only facts that do not belong in meta_data.json
+    (local-ipv4, mac, network/…, block-device-mapping, …); its keys win."""
     uuid = meta_data.get("uuid", "")
     hostname = meta_data.get("hostname", "")
     doc = {
@@ -64,12 +67,14 @@ def ec2_meta_data(meta_data: dict) -> dict:
         doc["public-keys"] = {
             str(i): {"openssh-key": key, "_name": f"{i}={name}"}
             for i, (name, key) in enumerate(sorted(keys.items()))}
+    doc.update(extra or {})
     return doc
 
 
 def openstack_layout(meta_data: dict, user_data: bytes | None,
                      network_data: dict | None,
-                     vendor_data: dict | None) -> dict[str, bytes]:
+                     vendor_data: dict | None, *,
+                     ec2_extra: dict | None = None) -> dict[str, bytes]:
     """Relative path -> bytes of every file on a config drive.
 
     meta_data needs at least `uuid` (cloud-init requires it). user_data is
@@ -95,7 +100,7 @@ def openstack_layout(meta_data: dict, user_data: bytes | None,
                 files[f"{base}/{name}"] = body
         if user_data is not None:
             files[f"{base}/user_data"] = bytes(user_data)
-    files["ec2/latest/meta-data.json"] = dump_json(ec2_meta_data(meta_data))
+    files["ec2/latest/meta-data.json"] = dump_json(ec2_meta_data(meta_data, ec2_extra))
     if user_data is not None:
         files["ec2/latest/user-data"] = bytes(user_data)
     return files
