@@ -3,6 +3,9 @@ groups, availability zones, services, hypervisors, limits and quota sets."""
 
 from __future__ import annotations
 
+import os
+import time
+
 from starlette.concurrency import run_in_threadpool as call
 from starlette.responses import Response
 
@@ -55,6 +58,7 @@ class ResourceApi:
         a("/os-hypervisors/detail", ["GET"], self.list_hypervisors_detail)
         a("/os-hypervisors/statistics", ["GET"], self.hypervisor_statistics)
         a("/os-hypervisors/{id}", ["GET"], self.show_hypervisor)
+        a("/os-hypervisors/{id}/uptime", ["GET"], self.hypervisor_uptime)
         a("/limits", ["GET"], self.limits)
         a("/os-quota-sets/{project}", ["GET"], self.show_quota)
         a("/os-quota-sets/{project}", ["PUT"], self.update_quota)
@@ -343,6 +347,19 @@ class ResourceApi:
     async def show_hypervisor(self, c):
         rows = await self._hypervisors(c, True, c.params["id"])
         return _api()._json({"hypervisor": rows[0]})
+
+    async def hypervisor_uptime(self, c):
+        if c.mv >= V(2, 88):
+            raise NotFound("The hypervisor uptime API was removed in microversion 2.88; "
+                           "`uptime` is in the hypervisor body.")
+        row = (await self._hypervisors(c, False, c.params["id"]))[0]
+        with open("/proc/uptime") as f:
+            seconds = int(float(f.read().split()[0]))
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        now = time.strftime("%H:%M:%S")
+        row["uptime"] = (f"{now} up {seconds // 86400} days, {seconds % 86400 // 3600}:"
+                         f"{seconds % 3600 // 60:02d},  0 users,  load average: {load}")
+        return _api()._json({"hypervisor": row})
 
     async def hypervisor_statistics(self, c):
         if c.mv >= V(2, 88):

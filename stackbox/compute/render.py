@@ -208,9 +208,12 @@ def hypervisor(h, used, mv: Version, *, detail: bool, servers: list | None = Non
                          h.memory_mb - mem_used - h.reserved_memory_mb,
                      "free_disk_gb": h.disk_gb - disk_used, "current_workload": 0,
                      "running_vms": count, "disk_available_least": h.disk_gb - disk_used,
-                     "cpu_info": "{}"})
+                     "cpu_info": {} if mv >= V(2, 28) else "{}"})
     else:
-        body["uptime"] = None
+        with open("/proc/uptime") as f:
+            seconds = int(float(f.read().split()[0]))
+        body["uptime"] = f" up {seconds // 86400} days, {seconds % 86400 // 3600}:" \
+                         f"{seconds % 3600 // 60:02d}"
     return body
 
 

@@ -229,3 +229,29 @@ def test_replicator_restores_a_replaced_device_and_drains_handoffs(svc, tmp_path
     assert len(_files(tmp_path / "objects")) == 30
     again = Replicator(svc.backend, objects_per_second=10_000).run_pass()
     assert again.copied == 0
+
+
+def test_missing_device_uses_a_handoff_that_the_replicator_drains(tmp_path):
+    from stackbox.objectstore.replicator import Replicator
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    db = Database(url)
+    svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
+        replicas=3, devices=4, part_power=4)))
+    try:
+        svc.create_container(A, "c")
+        _part, primaries, _ = svc.backend.nodes(A, "c", "o")
+        down = tmp_path / "objects" / primaries[0].name
+        shutil.rmtree(down)                                 # a device that is not mounted
+        svc.put_object(A, "c", "o", [b"data"])
+        spare = {f"d{i}" for i in range(1, 5)} - {p.name for p in primaries}
+        assert len(_files(tmp_path / "objects" / spare.pop())) == 1   # the handoff got it
+        down.mkdir()                                        # the device is back, empty
+        stats = Replicator(svc.backend, objects_per_second=10_000).run_pass()
+        assert stats.copied == 1 and stats.handoffs_removed == 1
+        assert sorted(p.split("/objects/")[1].split("/")[0] for p in
+                      _files(tmp_path / "objects")) == sorted(p.name for p in primaries)
+        assert svc.read_object(A, "c", "o")[1] == b"data"
+    finally:
+        svc.backend.close()
+        db.dispose()
