@@ -359,12 +359,12 @@ def test_user_data_runs_in_the_guest(cloud, tmp_path, unique):
     script = tmp_path / "ud.sh"
     script.write_text("#!/bin/sh\necho USERDATA-MARKER-$((6*7))\n")
     name = unique("vm")
-    cloud.openstack("server", "create", "--image", "tiny", "--flavor", "c1.tiny", "--nic",
-                    "none", "--config-drive", "true", "--user-data", str(script), "--wait",
-                    name, cloud=DEMO)
+    created = cloud.openstack("server", "create", "--image", "tiny", "--flavor", "c1.tiny",
+                              "--nic", "none", "--config-drive", "true", "--user-data",
+                              str(script), "--wait", name, cloud=DEMO)
     out = wait_console(cloud, name, "STACKBOX-TINY: ready")
     assert "USERDATA-MARKER-42" in out
-    shown = cloud.openstack("server", "show", name)
+    shown = cloud.openstack("server", "show", created["id"])     # admin sees user_data
     assert base64.b64decode(shown["OS-EXT-SRV-ATTR:user_data"]).startswith(b"#!/bin/sh")
     cloud.openstack("server", "delete", "--wait", name, cloud=DEMO, as_json=False)
 
