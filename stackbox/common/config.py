@@ -118,6 +118,14 @@ class ObjectStoreSettings(_Section):
                             description="Partition power (2**N partitions) of the default ring.")
     expirer_interval: float = Field(
         30.0, gt=0, description="Seconds between passes of the object expirer (X-Delete-At).")
+    auditor_bytes_per_second: int = Field(
+        10 * 1024 * 1024, ge=0, description="Read rate of the object auditor, which re-hashes "
+        "every object file and quarantines corrupt ones. 0 turns the auditor off.")
+    auditor_interval: float = Field(
+        3600.0, gt=0, description="Seconds between two object auditor passes.")
+    replicator_interval: float = Field(
+        300.0, gt=0, description="Seconds between two object replicator passes (which "
+        "restore missing replicas and drain handoff devices).")
 
 
 class NetworkSettings(_Section):

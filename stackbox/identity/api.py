@@ -92,7 +92,8 @@ class IdentityApi:
         return Response(status_code=204)
 
     async def auth_catalog(self, request):
-        catalog = await call(self.svc.catalog)
+        catalog = render.scoped_catalog(await call(self.svc.catalog),
+                                        context_of(request).project_id)
         return _json({"catalog": catalog, "links": {"self": str(request.url)}})
 
     async def auth_projects(self, request):

@@ -112,7 +112,7 @@ def assignment(base, row: dict, *, include_names: bool) -> dict:
     return out
 
 
-def _scoped_catalog(catalog: list[dict], project) -> list[dict]:
+def scoped_catalog(catalog: list[dict], project_id: str | None) -> list[dict]:
     """Keystone fills %(project_id)s / %(tenant_id)s / $(project_id)s in
     endpoint URLs from the token's project (Swift's /v1/AUTH_<id>); a token
     without a project gets no such endpoint, as in Keystone."""
@@ -122,11 +122,11 @@ def _scoped_catalog(catalog: list[dict], project) -> list[dict]:
         for ep in svc["endpoints"]:
             url = ep["url"]
             if "(project_id)s" in url or "(tenant_id)s" in url:
-                if project is None:
+                if project_id is None:
                     continue
                 for key in ("%(project_id)s", "$(project_id)s", "%(tenant_id)s",
                             "$(tenant_id)s"):
-                    url = url.replace(key, project.id)
+                    url = url.replace(key, project_id)
             eps.append(dict(ep, url=url))
         out.append(dict(svc, endpoints=eps))
     return out
@@ -151,7 +151,7 @@ def token(info, catalog: list[dict] | None) -> dict:
     if info.project is not None or info.domain is not None:
         body["roles"] = [{"id": r.id, "name": r.name} for r in info.roles]
         if catalog is not None:
-            body["catalog"] = _scoped_catalog(catalog, info.project)
+            body["catalog"] = scoped_catalog(catalog, info.project and info.project.id)
     if info.app_cred is not None:
         body["application_credential"] = {"id": info.app_cred.id, "name": info.app_cred.name,
                                           "restricted": not info.app_cred.unrestricted}

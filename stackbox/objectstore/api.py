@@ -18,11 +18,12 @@ import uuid
 from urllib.parse import unquote
 
 from starlette.concurrency import run_in_threadpool as call
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from stackbox.common.errors import BadRequest, Forbidden, NotFound, StackboxError, Unauthorized
+from stackbox.common.errors import BadRequest, Forbidden, NotFound, StackboxError
 from stackbox.common.http.app import build_service_app
 from stackbox.common.http.errors import TITLES, Dialect, message_for
 from stackbox.common.http.middleware import context_of
@@ -275,17 +276,12 @@ class SwiftApi:
         if obj is not None and "temp_url_sig" in q and not ctx.authenticated:
             await call(self._check_tempurl, request, account, container, obj)
             return True
-        try:
-            ctx_or_none = ctx if ctx.authenticated else None
-            fast = self.svc.is_owner(ctx_or_none, account)
-            if fast:
-                return True
-            return await call(self.svc.authorize, ctx_or_none, account, container,
-                              write=write, listing=listing,
-                              referrer=request.headers.get("referer"),
-                              owner_only=owner_only)
-        except (Unauthorized, Forbidden):
-            raise
+        caller = ctx if ctx.authenticated else None
+        if self.svc.is_owner(caller, account):      # no I/O: stays on the event loop
+            return True
+        return await call(self.svc.authorize, caller, account, container, write=write,
+                          listing=listing, referrer=request.headers.get("referer"),
+                          owner_only=owner_only)
 
     def _check_tempurl(self, request, account, container, obj):
         q = request.query_params
@@ -418,8 +414,7 @@ class SwiftApi:
     # -- object: reads -------------------------------------------------------------
     async def get_object(self, request, account, container, obj):
         await self._authorize(request, account, container, obj=obj)
-        plan = await call(self._plan_get, request, account, container, obj)
-        return plan
+        return await call(self._plan_get, request, account, container, obj)
 
     def _plan_get(self, request, account, container, obj):
         """Open, check conditions and ranges, and for small objects read the
@@ -468,7 +463,12 @@ class SwiftApi:
             headers["Content-Disposition"] = f'{kind}; filename="{name}"'
         ranges = None
         if request.headers.get("range") and not (manifest and info.slo):
-            ranges = hb.parse_ranges(request.headers.get("range"), size)
+            try:
+                ranges = hb.parse_ranges(request.headers.get("range"), size)
+            except hb.RangeNotSatisfiable:
+                o.close()
+                raise HTTPException(416, "The Range requested is not available.",
+                                    headers={"Content-Range": f"bytes */{size}"}) from None
         if method == "HEAD":
             o.close()
             headers["Content-Length"] = str(size)

@@ -654,7 +654,8 @@ class ObjectStoreService:
                    content_type: str | None = None, meta: dict | None = None,
                    headers: dict | None = None, etag: str | None = None,
                    size: int | None = None, delete_at: int | None = None,
-                   if_none_match: bool = False, extra: dict | None = None) -> ObjectInfo:
+                   if_none_match: bool = False, extra: dict | None = None,
+                   versioned: bool = True) -> ObjectInfo:
         """Store an object from a byte iterator. `etag` (md5 hex) and `size`,
         when given, must match the data (Unprocessable / BadRequest otherwise).
         Nothing is visible unless the whole body arrived and a quorum of
@@ -674,7 +675,7 @@ class ObjectStoreService:
             raise
         return self._finish_put(w, info, name, content_type=content_type, meta=meta,
                                 headers=headers, etag=etag, size=size, delete_at=delete_at,
-                                extra=extra)
+                                extra=extra, versioned=versioned)
 
     async def put_object_async(self, account: str, container: str, name: str,
                                chunks: AsyncIterable[bytes], **kw) -> ObjectInfo:
@@ -721,7 +722,7 @@ class ObjectStoreService:
 
     def _finish_put(self, w, info: ContainerInfo, name: str, *, content_type=None, meta=None,
                     headers=None, etag=None, size=None, delete_at=None,
-                    extra=None) -> ObjectInfo:
+                    extra=None, versioned=True) -> ObjectInfo:
         try:
             if size is not None and w.size != size:
                 raise BadRequest(f"Content-Length says {size} bytes but {w.size} arrived",
@@ -731,6 +732,8 @@ class ObjectStoreService:
                 self._check_quota(info, w.size, 1)
             disk = self._disk_meta(content_type=content_type, meta=meta, headers=headers,
                                    delete_at=delete_at, etag=None, size=None, extra=extra)
+            if versioned:
+                self._archive_current(info, name)
             ts = now_timestamp()
             stored = w.commit(disk, ts) if not etag else self._commit_checked(w, disk, ts, etag)
         except BaseException:
@@ -799,7 +802,7 @@ class ObjectStoreService:
             return self.put_object(account, container, name, src.iter_range(),
                                    content_type=content_type or old.content_type,
                                    meta=meta or {}, headers=hdrs, delete_at=new_delete_at,
-                                   extra=extra)
+                                   extra=extra, versioned=False)
 
     @staticmethod
     def _slo_extra(info: ObjectInfo) -> dict:
@@ -811,7 +814,7 @@ class ObjectStoreService:
                     account: str, container: str, name: str, *, meta: dict | None = None,
                     content_type: str | None = None, headers: dict | None = None,
                     fresh_metadata: bool = False, manifest: bool = False,
-                    delete_at: int | None = None) -> ObjectInfo:
+                    delete_at: int | None = None, versioned: bool = True) -> ObjectInfo:
         """Server-side copy. The copy gets the source's metadata with `meta`
         merged over it (or only `meta` when fresh_metadata). An SLO source is
         copied as its assembled content unless manifest=True."""
@@ -827,11 +830,56 @@ class ObjectStoreService:
                                    content_type=content_type or info.content_type,
                                    meta={k: v for k, v in merged.items() if v != ""},
                                    headers=hdrs, delete_at=delete_at, extra=extra,
-                                   size=src.size)
+                                   size=src.size, versioned=versioned)
+
+    # -- versioning (X-Versions-Location: stack; X-History-Location: history) --
+    @staticmethod
+    def _version_prefix(name: str) -> str:
+        return f"{len(name.encode()):03x}{name}/"
+
+    def _archive_current(self, info: ContainerInfo, name: str) -> None:
+        """Before an overwrite or delete, copy the current version (if any) to
+        the versions container as <len><name>/<timestamp>, as Swift does."""
+        target = info.sysmeta.get("versions_location") or info.sysmeta.get("history_location")
+        if not target or target == info.name:
+            return
+        try:
+            current = self.head_object(info.account, info.name, name)
+        except NotFound:
+            return
+        try:
+            self.copy_object(info.account, info.name, name, info.account, target,
+                             self._version_prefix(name) + current.timestamp, manifest=True,
+                             versioned=False, delete_at=current.delete_at)
+        except NotFound:
+            raise Conflict(f"versions container {target} does not exist; create it or "
+                           f"remove X-Versions-Location", field="x-versions-location") from None
+
+    def _restore_previous(self, info: ContainerInfo, name: str) -> bool:
+        """Stack mode DELETE: the newest archived version becomes current."""
+        target = info.sysmeta.get("versions_location")
+        if not target:
+            return False
+        try:
+            newest = self.list_objects(info.account, target, Listing(
+                prefix=self._version_prefix(name), reverse=True, limit=1))
+        except NotFound:
+            return False
+        if not newest:
+            return False
+        archived = newest[0].name
+        self.copy_object(info.account, target, archived, info.account, info.name, name,
+                         manifest=True, versioned=False)
+        self.delete_object(info.account, target, archived)
+        return True
 
     def delete_object(self, account: str, container: str, name: str) -> None:
         check_object(name)
-        self.container_info(account, container)
+        info = self.container_info(account, container)
+        if info.sysmeta.get("history_location"):
+            self._archive_current(info, name)
+        elif info.sysmeta.get("versions_location") and self._restore_previous(info, name):
+            return
         ts = now_timestamp()
         existed = self.backend.delete(account, container, name, ts)
         removed = self._unrecord(account, container, name, ts)

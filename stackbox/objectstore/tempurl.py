@@ -67,8 +67,7 @@ def verify(*, method: str, path: str, sig: str, expires_raw: str, keys: list[str
         raise Unauthorized("no Temp-URL-Key is set on the account or container")
     algo, given = _decode(sig)
     if prefix is not None:
-        account_path = path.rsplit("/", 1)[0] if False else path
-        signed_path = "prefix:" + _prefix_path(account_path, prefix)
+        signed_path = "prefix:" + _prefix_path(path, prefix)
     else:
         signed_path = path
     methods = [method] + (["GET", "PUT", "POST"] if method == "HEAD" else [])
