@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from pathlib import Path
 
 import uvicorn
@@ -25,6 +26,8 @@ from stackbox.image.api import build_app as build_image_app
 from stackbox.image.drivers.local import LocalStore
 from stackbox.image.service import ImageService
 from stackbox.objectstore.api import build_app as build_objectstore_app
+from stackbox.objectstore.auditor import Auditor
+from stackbox.objectstore.replicator import Replicator
 from stackbox.objectstore.bootstrap import build_service as build_objectstore
 from stackbox.objectstore.s3.api import build_s3_app, object_store_dispatcher, s3_settings
 from stackbox.objectstore.s3.store import ServiceStore
@@ -76,6 +79,39 @@ class Cloud:
                     build_objectstore_app(self.objectstore, validator=self.identity),
                     build_s3_app(ServiceStore(self.objectstore), self.identity,
                                  **s3_settings(self.settings)))}
+
+    async def object_daemons(self, stop: asyncio.Event) -> None:
+        """Object auditor and replicator passes, each in a worker thread at a
+        bounded rate, one after the other."""
+        cfg = self.settings.object_store
+        backend = self.objectstore.backend
+        daemons = [("replicator", Replicator(backend), cfg.replicator_interval)]
+        if cfg.auditor_bytes_per_second:
+            auditor = Auditor(backend, bytes_per_second=cfg.auditor_bytes_per_second)
+            daemons.append(("auditor", auditor, cfg.auditor_interval))
+        await asyncio.gather(*(self._repeat(stop, name, d.run_pass, every)
+                               for name, d, every in daemons))
+
+    @staticmethod
+    async def _repeat(stop: asyncio.Event, name: str, run_pass, every: float) -> None:
+        halt = threading.Event()
+        while not stop.is_set():
+            task = asyncio.ensure_future(asyncio.to_thread(run_pass, halt))
+            waiter = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if stop.is_set():
+                halt.set()
+                await asyncio.gather(task, return_exceptions=True)
+                return
+            waiter.cancel()
+            try:
+                task.result()
+            except Exception:
+                log.exception("object %s pass failed; retrying", name)
+            try:
+                await asyncio.wait_for(stop.wait(), every)
+            except asyncio.TimeoutError:
+                pass
 
     async def expirer(self, stop: asyncio.Event) -> None:
         """Removes objects whose X-Delete-At has passed (GET and listings hide
@@ -148,7 +184,8 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
     async def main():
         stop = asyncio.Event()
         chores = [asyncio.create_task(cloud.housekeeping(stop)),
-                  asyncio.create_task(cloud.expirer(stop))]
+                  asyncio.create_task(cloud.expirer(stop)),
+                  asyncio.create_task(cloud.object_daemons(stop))]
         try:
             await server.serve(sockets=sockets)
         finally:
