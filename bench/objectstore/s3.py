@@ -224,10 +224,11 @@ def small(t: Target, n, conc, size) -> dict:
     out = {}
     pgids = t.pgids()
     for name, op in (("PUT", put), ("GET", get), ("DELETE", delete)):
-        cpu0 = cpu_seconds(pgids)
+        cpu0, client0 = cpu_seconds(pgids), time.process_time()
         wall, lats, errs = run_threads(clients, n, op)
         out[name] = {"ops": n / wall, "p50": 1000 * pct(lats, 50), "p99": 1000 * pct(lats, 99),
-                     "errors": errs, "cpu_ms": 1000 * (cpu_seconds(pgids) - cpu0) / n}
+                     "errors": errs, "cpu_ms": 1000 * (cpu_seconds(pgids) - cpu0) / n,
+                     "client_ms": 1000 * (time.process_time() - client0) / n}
     clients[0].delete_bucket(Bucket=bucket)
     return out
 
@@ -291,7 +292,8 @@ def main(argv=None) -> int:
                 results[t.name].append(s)
                 print(f"round {rnd + 1} {t.name:<11} " + "  ".join(
                     f"{k} {v['ops']:.0f}/s p50 {v['p50']:.1f} p99 {v['p99']:.1f} "
-                    f"cpu {v['cpu_ms']:.2f} ms err {v['errors']}" for k, v in s.items()),
+                    f"cpu {v['cpu_ms']:.2f} ms client {v['client_ms']:.2f} ms err {v['errors']}"
+                    for k, v in s.items()),
                     flush=True)
             for t in (order if a.large_n else ()):
                 lg = large(t, a.large_n, a.large_mib)
