@@ -90,6 +90,14 @@ def test_list_prefix_matches_apts_file_names():
         "deb.debian.org_debian-security_dists_bookworm-security_"
 
 
+def test_recipe_writes_the_initramfs_config_before_the_kernel():
+    # The kernel's postinst builds the initrd: its config must be in place first.
+    assert "MODULES=list" in debian_files.build_files()[
+        "etc/initramfs-tools/conf.d/stackbox.conf"][0]
+    assert "virtio_blk" in debian_files.build_files()["etc/initramfs-tools/modules"][0]
+    assert set(debian_files.build_files()) <= set(debian_files.recipe()["files"])
+
+
 def test_build_key_follows_versions_recipe_and_sources(monkeypatch):
     versions = {"cloud-init": "22.4.2-1+deb12u3", "linux-image-6.1.0-56-cloud-amd64": "6.1.1"}
     key = debian.build_key(versions, "deb x bookworm main\n")
@@ -134,6 +142,8 @@ def test_configure_and_trim_a_root(tmp_path):
     (root / "etc/ssh/ssh_host_ed25519_key").write_text("secret")
     (root / "etc/ssh/sshd_config").write_text("# keep")
     (root / "usr/sbin/policy-rc.d").write_text(debian_files.POLICY_RC_D)
+    (root / debian.UNSAFE_IO).parent.mkdir(parents=True)
+    (root / debian.UNSAFE_IO).write_text("force-unsafe-io\n")
     (root / "var/lib/dbus/machine-id").write_text("abc")
     os.symlink("/run/systemd/resolve/stub-resolv.conf", root / "etc/resolv.conf")
     (root / "usr/share/doc/cloud-init/copyright").write_text("GPL")
@@ -151,6 +161,7 @@ def test_configure_and_trim_a_root(tmp_path):
     assert not list((root / "etc/ssh").glob("ssh_host_*"))
     assert (root / "etc/ssh/sshd_config").exists()
     assert not (root / "usr/sbin/policy-rc.d").exists()
+    assert not (root / debian.UNSAFE_IO).exists()  # guests keep dpkg's fsyncs
     assert not (root / "var/lib/dbus/machine-id").exists()
     resolv = root / "etc/resolv.conf"
     assert not resolv.is_symlink() and resolv.read_text() == ""
@@ -181,3 +192,24 @@ def test_cached_entry_with_a_truncated_file_is_rebuilt(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["sizes"]["disk"] == 10
     (out / "initrd.img").write_bytes(b"i")
     assert debian._load_cached(out) is None
+
+
+def test_cli_image_build_debian_uses_the_cache_dir(tmp_path, monkeypatch, capsys):
+    from stackbox.cli.main import main
+    calls = []
+
+    def fake_build(cache_dir, **kwargs):
+        calls.append(cache_dir)
+        return debian.DebianImage(
+            disk=tmp_path / "disk.qcow2", kernel=tmp_path / "vmlinuz",
+            initrd=tmp_path / "initrd.img", version="bookworm+0123",
+            kernel_release="6.1.0-56-cloud-amd64", disk_sha256="d" * 64,
+            kernel_sha256="k" * 64, initrd_sha256="i" * 64, virtual_size=2 << 30)
+
+    monkeypatch.setattr(debian, "build_debian", fake_build)
+    assert main(["image", "build", "debian", "--cache-dir", str(tmp_path)]) == 0
+    assert calls == [tmp_path]
+    out = capsys.readouterr().out
+    assert "debian bookworm+0123 (kernel 6.1.0-56-cloud-amd64)" in out
+    assert f"cmdline   {debian_files.CMDLINE}" in out
+    assert "qcow2, virtual size 2147483648 bytes" in out
