@@ -19,6 +19,7 @@ the build root runs in its own mount namespace, so a killed build leaves no
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -247,7 +248,30 @@ def in_root(root: Path, argv: list[str], *, timeout: float) -> None:
     namespace: the mount disappears with the command, even when killed."""
     hostops.run(["unshare", "--mount", "--propagation", "private",
                  f"--mount-proc={root}/proc", "chroot", str(root), *argv],
-                timeout=timeout, env=CHROOT_ENV)
+                timeout=timeout, env=_env())
+
+
+def _env() -> dict[str, str]:
+    """A clean environment for debootstrap and the chroot, keeping the
+    host's proxy settings (apt and debootstrap's wget read them)."""
+    proxies = {k: v for k, v in os.environ.items()
+               if k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
+    return {**CHROOT_ENV, **proxies}
+
+
+@contextlib.contextmanager
+def _debootstrap_log(root: Path):
+    """debootstrap says only "see debootstrap.log" on failure, and that log
+    is in the build root we are about to delete: put its tail in the error."""
+    try:
+        yield
+    except hostops.CommandError as exc:
+        try:
+            tail = (root / "debootstrap/debootstrap.log").read_text(
+                errors="replace").strip().splitlines()[-15:]
+        except OSError:
+            raise exc from None
+        raise RuntimeError(f"{exc}\ndebootstrap.log ends with:\n" + "\n".join(tail)) from exc
 
 
 def mounts_below(mountinfo: str, path: Path) -> list[str]:
@@ -287,18 +311,18 @@ def _build(cache_dir: Path, out: Path, key: str, versions: dict[str, str],
     try:
         root = scratch / "root"
         kernel = kernel_package(versions)
-        step(f"debootstrap {recipe.SUITE} from {mirror} ({len(versions)} packages; "
-             f"takes a few minutes)")
+        step(f"debootstrap {recipe.SUITE} from {mirror} (takes a few minutes)")
         # Two stages so dpkg can be told not to fsync every file it unpacks
         # (about 20000 files, ~5 ms each on this kind of disk): the image is
         # made from the finished tree, so a crash just means a rebuild.
-        hostops.run(["debootstrap", "--foreign", "--variant=minbase", "--components=main",
-                     f"--include={','.join(recipe.PACKAGES)}", recipe.SUITE, str(root),
-                     mirror], timeout=1200, env=CHROOT_ENV)
-        _write(root / UNSAFE_IO, "force-unsafe-io\n")
-        hostops.run(["unshare", "--mount", "--propagation", "private", "chroot", str(root),
-                     "/debootstrap/debootstrap", "--second-stage"],
-                    timeout=1800, env=CHROOT_ENV)
+        with _debootstrap_log(root):
+            hostops.run(["debootstrap", "--foreign", "--variant=minbase",
+                         "--components=main", f"--include={','.join(recipe.PACKAGES)}",
+                         recipe.SUITE, str(root), mirror], timeout=1200, env=_env())
+            _write(root / UNSAFE_IO, "force-unsafe-io\n")
+            hostops.run(["unshare", "--mount", "--propagation", "private", "chroot",
+                         str(root), "/debootstrap/debootstrap", "--second-stage"],
+                        timeout=1800, env=_env())
 
         step(f"updates and {kernel} with apt in the build root")
         _prepare_apt(root, sources_list, sources)

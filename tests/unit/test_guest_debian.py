@@ -213,3 +213,21 @@ def test_cli_image_build_debian_uses_the_cache_dir(tmp_path, monkeypatch, capsys
     assert "debian bookworm+0123 (kernel 6.1.0-56-cloud-amd64)" in out
     assert f"cmdline   {debian_files.CMDLINE}" in out
     assert "qcow2, virtual size 2147483648 bytes" in out
+
+
+def test_debootstrap_failure_carries_the_log_tail(tmp_path):
+    from stackbox.common import hostops
+    (tmp_path / "debootstrap").mkdir()
+    (tmp_path / "debootstrap/debootstrap.log").write_text(
+        "I: Retrieving libc6\nE: Couldn't download package cloud-init (ver 22.4.2)\n")
+    with pytest.raises(RuntimeError, match="Couldn't download package cloud-init"):
+        with debian._debootstrap_log(tmp_path):
+            raise hostops.CommandError(["debootstrap"], 1, b"see debootstrap.log")
+
+
+def test_build_env_is_clean_but_keeps_proxies(monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+    monkeypatch.setenv("PYTHONPATH", "/somewhere")
+    env = debian._env()
+    assert env["http_proxy"] == "http://proxy.example:3128"
+    assert "PYTHONPATH" not in env and env["DEBIAN_FRONTEND"] == "noninteractive"
