@@ -345,8 +345,20 @@ def cmd_keys_rotate(args) -> int:
 
 def cmd_image_build(args) -> int:
     settings = _settings(args)
+    cache_dir = args.cache_dir or settings.compute.guest_cache_dir or \
+        settings.data_dir / "cache" / "guests"
+    if args.name == "debian":
+        from stackbox.guest.debian import build_debian
+        image = build_debian(cache_dir)
+        print(f"debian {image.version} (kernel {image.kernel_release})\n"
+              f"  disk      {image.disk}  sha256 {image.disk_sha256}  ({image.disk_format}, "
+              f"virtual size {image.virtual_size} bytes)\n"
+              f"  kernel    {image.kernel}  sha256 {image.kernel_sha256}\n"
+              f"  initrd    {image.initrd}  sha256 {image.initrd_sha256}\n"
+              f"  cmdline   {image.cmdline}")
+        return 0
     from stackbox.guest.tiny import build_tiny
-    image = build_tiny(settings.compute.guest_cache_dir or settings.data_dir / "cache" / "guests")
+    image = build_tiny(cache_dir)
     print(f"tiny {image.version}\n  kernel    {image.kernel}  sha256 {image.kernel_sha256}\n"
           f"  initramfs {image.initramfs}  sha256 {image.initramfs_sha256}\n"
           f"  cmdline   {image.cmdline}")
@@ -395,8 +407,12 @@ def parser() -> argparse.ArgumentParser:
     image_sub = image.add_subparsers(dest="image_command", required=True)
     build = image_sub.add_parser("build", parents=[common],
                                  help="build (or reuse the cached) guest image")
-    build.add_argument("name", choices=["tiny"], help="tiny: busybox + dropbear CirrOS-like "
-                       "guest (kernel + initramfs)")
+    build.add_argument("name", choices=["tiny", "debian"], help="tiny: busybox + dropbear "
+                       "CirrOS-like guest (kernel + initramfs); debian: bookworm with "
+                       "cloud-init and openssh-server (qcow2 + kernel + initrd, needs root "
+                       "and debootstrap)")
+    build.add_argument("--cache-dir", type=Path, default=None,
+                       help="where built images are kept (default: <data_dir>/cache/images)")
     build.set_defaults(fn=cmd_image_build)
     return p
 

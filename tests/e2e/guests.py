@@ -32,12 +32,13 @@ def qemu_argv(image, serial_log: Path, extra: list[str]) -> list[str]:
 
 
 class Guest:
-    def __init__(self, argv: list[str], serial_log: Path):
+    def __init__(self, argv: list[str], serial_log: Path, *,
+                 limit: float = BOOT_TIMEOUT + 60):
         self.serial_log = serial_log
         # `timeout` is a second belt: QEMU dies after a hard limit even if
         # the finalizer never runs. New session: one killpg reaches both.
         self.proc = subprocess.Popen(
-            ["timeout", "--signal=KILL", str(BOOT_TIMEOUT + 60), *argv],
+            ["timeout", "--signal=KILL", str(int(limit)), *argv],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=die_with_parent)
         self.started = time.monotonic()
