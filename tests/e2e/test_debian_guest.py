@@ -40,6 +40,9 @@ RUNCMD = [
     f'echo "{MARK} user-data ran instance-id=$(cat /var/lib/cloud/data/instance-id)"',
     f"ssh-keygen -lf /home/debian/.ssh/authorized_keys | sed 's/^/{MARK} authorized-key /'",
     f'echo "{MARK} resolv.conf lines=$(wc -l < /etc/resolv.conf)"',
+    # sshd must run with the host keys cloud-init made (no RSA key on purpose).
+    "for i in $(seq 60); do systemctl -q is-active ssh && break; sleep 1; done; "
+    f'echo "{MARK} sshd $(systemctl is-active ssh) keys=$(ls /etc/ssh/ | grep -c _key.pub)"',
 ]
 USER_DATA = "#cloud-config\nruncmd:\n" + "".join(
     f"  - {json.dumps(cmd + ' > /dev/console')}\n" for cmd in RUNCMD)
@@ -116,7 +119,8 @@ def test_debian_cloud_init_uses_config_drive(debian_image, guests, workdir):
     # The build host's resolver must not leak into guests.
     assert f"{MARK} resolv.conf lines=0" in text, text
     # Each instance makes its own host keys (the image ships none).
-    assert "BEGIN SSH HOST KEY FINGERPRINTS" in text or "ssh-ed25519" in text, text
+    assert "BEGIN SSH HOST KEY FINGERPRINTS" in text, text
+    assert f"{MARK} sshd active keys=2" in text, text
 
 
 def test_debian_cached_rebuild_is_quick(debian_image, guest_cache):

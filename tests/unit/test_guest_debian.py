@@ -231,3 +231,27 @@ def test_build_env_is_clean_but_keeps_proxies(monkeypatch):
     env = debian._env()
     assert env["http_proxy"] == "http://proxy.example:3128"
     assert "PYTHONPATH" not in env and env["DEBIAN_FRONTEND"] == "noninteractive"
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    from stackbox.common import hostops
+    monkeypatch.setattr(debian, "host_sources", lambda: [
+        AptSource("http://deb.debian.org/debian", "bookworm", ("main",))])
+    monkeypatch.setattr(debian, "resolve_packages", lambda: {
+        "linux-image-6.1.0-56-cloud-amd64": "6.1.192-2", "cloud-init": "22.4.2-1"})
+    monkeypatch.setattr(debian.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(debian.shutil, "which", lambda name: f"/usr/sbin/{name}")
+    ran = []
+
+    def fake_run(argv, **kwargs):
+        ran.append(argv)
+        root = Path(argv[-2])  # debootstrap ... SUITE ROOT MIRROR
+        (root / "debootstrap").mkdir(parents=True)
+        (root / "debootstrap/debootstrap.log").write_text("E: Couldn't download packages\n")
+        raise hostops.CommandError(argv, 1, b"see debootstrap.log")
+
+    monkeypatch.setattr(debian.hostops, "run", fake_run)
+    with pytest.raises(RuntimeError, match="Couldn't download packages"):
+        debian.build_debian(tmp_path, progress=lambda line: None)
+    assert ran[0][:2] == ["debootstrap", "--foreign"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".debian.lock"]
