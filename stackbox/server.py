@@ -98,6 +98,7 @@ class Cloud:
             metadata=MetadataPlumbing(self.metadata_server, self.metadata_thread.loop))
         # a new tap is plugged and filtered at once, not at the next pass
         self.compute_agent.plugged = self.network_agent.wake
+        self.compute_agent.network_sync = self.network_agent.reconcile_once
 
     def apps(self) -> dict[int, object]:
         auth_url = lambda: self.settings.base_url("identity") + "/v3"  # noqa: E731

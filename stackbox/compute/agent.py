@@ -72,6 +72,9 @@ class ComputeAgent:
         self._event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.plugged = lambda: None     # the network agent's doorbell (new taps)
+        # converge host networking now (bridge, DHCP host entry) before a guest
+        # with NICs starts, as Nova waits for network-vif-plugged
+        self.network_sync = lambda: None
 
     # -- host ------------------------------------------------------------------------------
     def register(self) -> None:
@@ -327,6 +330,14 @@ class ComputeAgent:
         return ImageFile(id=img.id, path=cached, disk_format=img.disk_format or "raw",
                          size=img.size or 0, virtual_size=img.virtual_size)
 
+    def _networked(self, spec: InstanceSpec) -> InstanceSpec:
+        if spec.nics:
+            try:
+                self.network_sync()
+            except Exception:
+                log.exception("network pass before starting %s failed", spec.uuid)
+        return spec
+
     def spec(self, server: Server, *, flavor: dict | None = None) -> InstanceSpec:
         flavor = flavor or server.flavor
         props = dict((server.image_meta or {}).get("properties") or {})
@@ -382,7 +393,7 @@ class ComputeAgent:
         if power != PowerState.RUNNING:
             if server.id in self.driver.list_instances():
                 self.driver.destroy(server.id)      # a half-done boot from before a crash
-            self.driver.spawn(self.spec(server))
+            self.driver.spawn(self._networked(self.spec(server)))
             self.plugged()
         self._finish(server.id, vm_state=states.ACTIVE, task_state=None,
                      power_state=states.POWER["running"], launched_at=utcnow(), fault=None)
@@ -400,7 +411,7 @@ class ComputeAgent:
 
     def _start(self, server: Server) -> None:
         if self._power(server.id) != PowerState.RUNNING:
-            self.driver.power_on(self.spec(server))
+            self.driver.power_on(self._networked(self.spec(server)))
             self.plugged()
         self._finish(server.id, vm_state=states.ACTIVE, task_state=None,
                      power_state=states.POWER["running"])

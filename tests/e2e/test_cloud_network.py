@@ -56,7 +56,7 @@ def test_server_on_private_network_dhcp_metadata_floating_ip(cloud, outside, tmp
         assert "private" in addresses and "10.0.0." in addresses
         out = wait_console(cloud, name, "STACKBOX-TINY: ready", timeout=180)
         assert "network eth0 10.0.0." in out, out[-2000:]
-        assert f"metadata source=http uuid={server['id']}" in out, out[-2000:]
+        assert f"metadata source=metadata-service uuid={server['id']}" in out, out[-2000:]
         assert f"ssh-key installed name={name}" in out
         fip = cloud.openstack("floating", "ip", "create", "public", cloud=DEMO)
         address = fip["floating_ip_address"]
