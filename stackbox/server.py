@@ -298,3 +298,8 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
             pass
         cloud.db.dispose()
         log.info("stackbox stopped")
+        # a worker thread still in a host command (a network pass, a QMP call)
+        # must not keep a stopped stackbox alive: its work is idempotent and
+        # the next start redoes it
+        logging.shutdown()
+        os._exit(0)

@@ -241,17 +241,26 @@ def cmd_down(args) -> int:
             _purge(settings)
         return 0
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and running_pid(settings.data_dir) == pid:
+    deadline = time.monotonic() + 30
+    # wait for the process itself, not its pidfile: threads may outlive the file
+    while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.1)
-    if running_pid(settings.data_dir) == pid:
+    if _alive(pid):
         os.kill(pid, signal.SIGKILL)
-        print(f"stackbox (pid {pid}) did not stop in 20 s; killed.")
+        print(f"stackbox (pid {pid}) did not stop in 30 s; killed.")
     else:
         print(f"stackbox (pid {pid}) stopped.")
     if args.purge:
         _purge(settings)
     return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def _purge(settings: Settings) -> None:
