@@ -111,10 +111,12 @@ class ComputeSettings(_Section):
         "must boot and print) and falls back to TCG with one warning.")
     availability_zone: str = Field("nova", min_length=1, max_length=255,
                                    description="Availability zone of this compute host.")
-    cpu_allocation_ratio: float = Field(4.0, gt=0, le=64,
-                                        description="Virtual CPUs per host CPU for placement.")
-    ram_allocation_ratio: float = Field(1.0, gt=0, le=16,
-                                        description="Guest RAM per host RAM for placement.")
+    cpu_allocation_ratio: float = Field(16.0, gt=0, le=64,
+                                        description="Virtual CPUs per host CPU for placement "
+                                        "(Nova's default, 16).")
+    ram_allocation_ratio: float = Field(1.5, gt=0, le=16,
+                                        description="Guest RAM per host RAM for placement "
+                                        "(Nova's default, 1.5).")
     disk_allocation_ratio: float = Field(
         1.0, gt=0, le=64, description="Guest disk per host disk for placement (root "
         "disks are thin qcow2 overlays, so values above 1 are common).")

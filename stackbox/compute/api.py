@@ -180,11 +180,12 @@ class ComputeApi:
         return handler
 
     # -- servers ---------------------------------------------------------------------------
-    def _render(self, c: Call, servers, *, detail: bool = True) -> list[dict]:
+    def _render(self, c: Call, servers, *, detail: bool = True,
+                single: bool = False) -> list[dict]:
         hosts = {h.id: h for h in self.svc.list_hosts()} if c.ctx.is_admin else {}
         addresses = self.addresses([s.id for s in servers]) if detail else {}
         groups = None
-        if detail and c.mv >= V(2, 71):
+        if detail and single and c.mv >= V(2, 71):     # show/update/rebuild only, as Nova
             groups = {}
             for g in self.svc.list_groups(c.ctx, all_projects=True):
                 for m in g.members:
@@ -254,7 +255,7 @@ class ComputeApi:
 
     async def show_server(self, c: Call) -> Response:
         server = await call(self.svc.get_server, c.ctx, c.params["id"])
-        body = (await call(self._render, c, [server]))[0]
+        body = (await call(lambda: self._render(c, [server], single=True)))[0]
         return _json({"server": body})
 
     def _create_request(self, c: Call, body: dict) -> CreateRequest:
@@ -375,7 +376,7 @@ class ComputeApi:
         if "accessIPv6" in body:
             kwargs["access_ipv6"] = body["accessIPv6"] or ""
         server = await call(lambda: self.svc.update_server(c.ctx, c.params["id"], **kwargs))
-        return _json({"server": (await call(self._render, c, [server]))[0]})
+        return _json({"server": (await call(lambda: self._render(c, [server], single=True)))[0]})
 
     async def delete_server(self, c: Call) -> Response:
         await call(self.svc.delete_server, c.ctx, c.params["id"])
@@ -420,7 +421,7 @@ class ComputeApi:
             kw["description"] = args["description"]
         server = await call(lambda: self.svc.rebuild(c.ctx, c.params["id"], **kw))
         server = await call(self.svc.get_server, c.ctx, server.id)
-        body = (await call(self._render, c, [server]))[0]
+        body = (await call(lambda: self._render(c, [server], single=True)))[0]
         body["adminPass"] = secrets.token_urlsafe(9)
         return _json({"server": body}, 202)
 
