@@ -322,7 +322,7 @@ def test_two_guests_dhcp_security_groups_floating_ip_snat_and_faults(
     report = w.agent.reconcile_once()
     assert report.errors == []
     assert w.leftovers() == [f"link {p.tap}" for p in w.vm_ports], w.leftovers()
-    assert list((workdir / "agent" / "dhcp").iterdir()) == []
+    assert list(w.agent.dnsmasq.root.iterdir()) == []
     assert w.ext_bridge in host.links()          # the operator's bridge stays
 
 

@@ -1,7 +1,7 @@
 """DHCP for one network: a dnsmasq in the namespace `sbx-dhcp-<net>`, on a
 veth whose other end sits in the network's bridge.
 
-Three files per network under `<state_dir>/dhcp/<network id>/`: `dnsmasq.conf`
+Three files per network under `/run/stackbox/<agent>/dhcp/<network id>/`: `dnsmasq.conf`
 (interfaces and ranges: a change restarts dnsmasq), `hosts` (MAC -> IP,
 hostname per port) and `opts` (per-subnet options): changes to these two are
 picked up on SIGHUP without dropping anything. The builders are pure; the
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import hashlib
 import os
 import shutil
 import signal
@@ -195,12 +196,26 @@ def _read(path: Path) -> str | None:
         return None
 
 
+RUNTIME_ROOT = Path("/run/stackbox")
+
+
 class Dnsmasq:
     """The dnsmasq processes of one agent, found again through their pid
     files (a restarted agent adopts them; they outlive it)."""
 
-    def __init__(self, state_dir: Path, *, binary: str | None = None):
-        self.root = Path(state_dir) / "dhcp"
+    def __init__(self, state_dir: Path, *, binary: str | None = None,
+                 runtime_dir: Path | None = None):
+        # dnsmasq drops root for `nobody` and then reads its hosts files, so
+        # they must not sit under a data dir that others cannot enter (a
+        # 0700 data dir is common): they live under /run/stackbox/<id of
+        # the state dir>/, one directory per agent, rebuilt every pass.
+        if runtime_dir is None:
+            digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
+            runtime_dir = RUNTIME_ROOT / digest
+        for path in (runtime_dir.parent, runtime_dir):
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o755)
+        self.root = runtime_dir / "dhcp"
         self.binary = binary or shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
 
     def directory(self, network_id: str) -> Path:
