@@ -147,9 +147,13 @@ def _prepare_compute(db, settings: Settings) -> str:
         from stackbox.image.service import ImageService
         image = ImageService(db, settings, LocalStore(settings.data_dir / "images"))
         cache = settings.compute.guest_cache_dir or settings.data_dir / "cache" / "guests"
-        notes.append(compute_boot.register_tiny(db, settings,
-                                                identity=IdentityService(db, settings),
-                                                image=image, cache_dir=cache))
+        from stackbox.common.errors import StackboxError
+        try:
+            notes.append(compute_boot.register_tiny(db, settings,
+                                                    identity=IdentityService(db, settings),
+                                                    image=image, cache_dir=cache))
+        except StackboxError as e:      # e.g. an image quota too small for it: up still works
+            notes.append(f"tiny not registered: {e.message}")
     return f"({'; '.join(notes)})" if notes else "(nothing to do)"
 def _default_networks(db, settings: Settings) -> list[str]:
     from stackbox.common.http.context import RequestContext
