@@ -149,7 +149,7 @@ class Stackbox:
         try:
             self.delete_all()
         finally:
-            self.cli("down", check=False)
+            self.cli("down", "--purge", check=False)
             shutil.rmtree(self.root, ignore_errors=True)
 
 
