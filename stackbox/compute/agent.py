@@ -347,7 +347,7 @@ class ComputeAgent:
         nics = tuple(self._nics(server))
         config_drive = None
         if server.config_drive or props.get("img_config_drive") == "mandatory":
-            config_drive = self._config_drive(server, nics)
+            config_drive = self._config_drive(server)
         return InstanceSpec(
             uuid=server.id, name=server.name, vcpus=flavor["vcpus"],
             memory_mb=flavor["ram"], root_gb=flavor["disk"], ephemeral_gb=flavor["ephemeral"],
@@ -366,7 +366,7 @@ class ComputeAgent:
                     bridge=bridge_name(p["network_id"]), mtu=p.get("mtu") or 1500, model=model)
                 for p in self.network.server_network_info(server.id)]
 
-    def _config_drive(self, server: Server, nics) -> Path:
+    def _config_drive(self, server: Server) -> Path:
         """The same documents the metadata service serves (one builder, two
         transports), as an ISO 9660 `config-2` drive."""
         from stackbox.metadata import content

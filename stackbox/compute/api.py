@@ -6,12 +6,9 @@ and here, see docs/compute.md."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-import json
 import secrets
 import urllib.parse
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from starlette.concurrency import run_in_threadpool as call
 from starlette.requests import Request
@@ -25,75 +22,15 @@ from stackbox.common.http.errors import NovaDialect
 from stackbox.common.http.microversion import Version, negotiate, response_headers
 from stackbox.common.http.middleware import context_of
 from stackbox.common.http.pagination import parse_limit
-from stackbox.compute import render, states
+from stackbox.compute import api_resources, render, states
+from stackbox.compute.apihelpers import (Call, _bool, _empty, _int, _json, _name, _object,
+                                         _time)
 from stackbox.compute.service import (SORT_KEYS, ComputeService, CreateRequest, ListQuery)
 
 MIN_VERSION = Version(2, 1)
 MAX_VERSION = Version(2, 100)
 V = Version
 LEGACY_HEADER = "X-OpenStack-Nova-API-Version"
-
-
-@dataclasses.dataclass
-class Call:
-    request: Request
-    ctx: Any
-    mv: Version
-    params: dict
-
-    @property
-    def query(self):
-        return self.request.query_params
-
-
-def _json(data, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(json.dumps(data), status_code=status, media_type="application/json",
-                    headers=headers)
-
-
-def _empty(status: int = 202) -> Response:
-    return Response(status_code=status)
-
-
-def _bool(raw: str | None, name: str) -> bool | None:
-    if raw is None:
-        return None
-    low = raw.lower()
-    if low in ("true", "1", "yes", "on"):
-        return True
-    if low in ("false", "0", "no", "off"):
-        return False
-    raise BadRequest(f"Invalid value {raw!r} for {name}: use true or false.", field=name)
-
-
-def _int(value, name: str, *, minimum: int = 0, maximum: int | None = None) -> int:
-    try:
-        out = int(value)
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise BadRequest(f"Invalid input for field/attribute {name}. Value: {value}. "
-                         f"{value!r} is not an integer", field=name)
-    if out < minimum or (maximum is not None and out > maximum):
-        raise BadRequest(f"Invalid input for field/attribute {name}. Value: {value}. "
-                         f"It must be between {minimum} and {maximum or 'unbounded'}.",
-                         field=name)
-    return out
-
-
-def _object(body: dict, key: str) -> dict:
-    value = body.get(key)
-    if not isinstance(value, dict):
-        raise BadRequest(f"Invalid input: the request body needs a '{key}' object.", field=key)
-    return value
-
-
-def _time(raw: str, name: str):
-    try:
-        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise BadRequest(f"Invalid {name} value {raw!r}: use an ISO 8601 time.", field=name)
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 class ComputeApi:
@@ -105,7 +42,6 @@ class ComputeApi:
         self.driver = driver
         self.addresses = network_addresses or (lambda ids: {})
         self._routes: list[Route] = []
-        from stackbox.compute import api_resources
         self.resources = api_resources.ResourceApi(self)
         self._build()
 
@@ -260,10 +196,7 @@ class ComputeApi:
 
     def _create_request(self, c: Call, body: dict) -> CreateRequest:
         srv = _object(body, "server")
-        name = srv.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 255:
-            raise BadRequest("Invalid input for field/attribute name: a string of 1-255 "
-                             "characters is required.", field="name")
+        name = _name(srv.get("name"))
         image_id = srv.get("imageRef") or ""
         for bdm in srv.get("block_device_mapping_v2") or []:
             if bdm.get("source_type") == "image" and bdm.get("destination_type", "local") \
@@ -358,10 +291,7 @@ class ComputeApi:
         body = _object(await json_body(c.request), "server")
         kwargs: dict = {}
         if "name" in body:
-            if not isinstance(body["name"], str) or not body["name"].strip() or \
-                    len(body["name"]) > 255:
-                raise BadRequest("Invalid name: a string of 1-255 characters.", field="name")
-            kwargs["name"] = body["name"]
+            kwargs["name"] = _name(body["name"])
         if "description" in body:
             if c.mv < V(2, 19):
                 raise BadRequest("description needs microversion 2.19 or later.",
@@ -432,9 +362,7 @@ class ComputeApi:
         return await self._simple(c, "resize", flavor_id=str(ref).rstrip("/").rsplit("/", 1)[-1])
 
     async def a_create_image(self, c, args):
-        name = args.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise BadRequest("createImage needs a name.", field="name")
+        name = _name(args.get("name"))
         image_id = await call(lambda: self.svc.create_image(c.ctx, c.params["id"], name=name,
                                                             metadata=args.get("metadata")))
         location = f"{self.base_url()}/images/{image_id}"
@@ -462,7 +390,10 @@ class ComputeApi:
         if protocol not in ("vnc", "serial"):
             raise BadRequest(f"Unsupported console protocol {protocol}; allowed: vnc, serial.",
                              field="protocol")
-        token = await call(self.svc.issue_console_token, c.ctx, c.params["id"], protocol)
+        if self.driver is None:
+            raise Conflict("No compute driver runs in this process.")
+        token = await call(self.svc.issue_console_token, c.ctx, c.params["id"], protocol,
+                           self.driver.console_endpoint)
         return {"protocol": protocol, "type": kind, "url": self.console_url(protocol, token)}
 
     async def a_vnc_console(self, c, args):

@@ -3,8 +3,6 @@ groups, availability zones, services, hypervisors, limits and quota sets."""
 
 from __future__ import annotations
 
-import os
-import time
 
 from starlette.concurrency import run_in_threadpool as call
 from starlette.responses import Response
@@ -13,14 +11,11 @@ from stackbox.common.errors import BadRequest, Forbidden, NotFound
 from stackbox.common.http.body import json_body
 from stackbox.common.http.microversion import Version
 from stackbox.compute import render
+from stackbox.compute.apihelpers import _bool, _int, _json, _name, _object
+from stackbox.compute.drivers.hostinfo import uptime_text
 from stackbox.compute.flavors import DEFAULT_QUOTAS, NETWORK_QUOTAS
 
 V = Version
-
-
-def _api():
-    from stackbox.compute import api
-    return api
 
 
 class ResourceApi:
@@ -74,14 +69,13 @@ class ResourceApi:
 
     # -- flavors ---------------------------------------------------------------------------
     async def _flavors(self, c, detail: bool) -> Response:
-        api = _api()
         q = c.query
         is_public = q.get("is_public", "true")
-        public = None if is_public.lower() == "none" else api._bool(is_public, "is_public")
+        public = None if is_public.lower() == "none" else _bool(is_public, "is_public")
         flavors = await call(lambda: self.svc.flavors.list(
             c.ctx, is_public=public,
-            min_ram=api._int(q["minRam"], "minRam") if "minRam" in q else None,
-            min_disk=api._int(q["minDisk"], "minDisk") if "minDisk" in q else None))
+            min_ram=_int(q["minRam"], "minRam") if "minRam" in q else None,
+            min_disk=_int(q["minDisk"], "minDisk") if "minDisk" in q else None))
         sort_key = q.get("sort_key", "flavorid")
         attr = {"flavorid": "id", "id": "id", "name": "name", "memory_mb": "ram", "ram": "ram",
                 "vcpus": "vcpus", "root_gb": "disk", "disk": "disk"}.get(sort_key)
@@ -95,8 +89,8 @@ class ResourceApi:
                 raise BadRequest(f"marker [{marker}] not found", field="marker")
             flavors = flavors[ids.index(marker) + 1:]
         if "limit" in q:
-            flavors = flavors[:api._int(q["limit"], "limit")]
-        return api._json({"flavors": [render.flavor(f, self.base, c.mv, detail=detail)
+            flavors = flavors[:_int(q["limit"], "limit")]
+        return _json({"flavors": [render.flavor(f, self.base, c.mv, detail=detail)
                                       for f in flavors]})
 
     async def list_flavors(self, c):
@@ -107,14 +101,11 @@ class ResourceApi:
 
     async def show_flavor(self, c):
         f = await call(self.svc.flavors.get, c.ctx, c.params["id"])
-        return _api()._json({"flavor": render.flavor(f, self.base, c.mv)})
+        return _json({"flavor": render.flavor(f, self.base, c.mv)})
 
     async def create_flavor(self, c):
-        api = _api()
-        body = api._object(await json_body(c.request), "flavor")
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 255:
-            raise BadRequest("Invalid flavor name: a string of 1-255 characters.", field="name")
+        body = _object(await json_body(c.request), "flavor")
+        name = _name(body.get("name"))
         fid = body.get("id")
         if fid is not None and (not isinstance(fid, str) or not fid or len(fid) > 255):
             raise BadRequest("Invalid flavor id: a string of 1-255 characters.", field="id")
@@ -124,23 +115,22 @@ class ResourceApi:
                              field="description")
         f = await call(lambda: self.svc.flavors.create(
             c.ctx, name=name, flavor_id=fid,
-            vcpus=api._int(body.get("vcpus"), "vcpus", minimum=1),
-            ram=api._int(body.get("ram"), "ram", minimum=1),
-            disk=api._int(body.get("disk", 0), "disk"),
-            ephemeral=api._int(body.get("OS-FLV-EXT-DATA:ephemeral", 0), "ephemeral"),
-            swap=api._int(body.get("swap") or 0, "swap"),
+            vcpus=_int(body.get("vcpus"), "vcpus", minimum=1),
+            ram=_int(body.get("ram"), "ram", minimum=1),
+            disk=_int(body.get("disk", 0), "disk"),
+            ephemeral=_int(body.get("OS-FLV-EXT-DATA:ephemeral", 0), "ephemeral"),
+            swap=_int(body.get("swap") or 0, "swap"),
             rxtx_factor=float(body.get("rxtx_factor", 1.0)),
             is_public=bool(body.get("os-flavor-access:is_public", True)), description=desc))
-        return api._json({"flavor": render.flavor(f, self.base, c.mv)})
+        return _json({"flavor": render.flavor(f, self.base, c.mv)})
 
     async def update_flavor(self, c):
-        api = _api()
         if c.mv < V(2, 55):
             raise BadRequest("Updating a flavor needs microversion 2.55 or later.")
-        body = api._object(await json_body(c.request), "flavor")
+        body = _object(await json_body(c.request), "flavor")
         f = await call(lambda: self.svc.flavors.update(c.ctx, c.params["id"],
                                                        description=body.get("description")))
-        return api._json({"flavor": render.flavor(f, self.base, c.mv)})
+        return _json({"flavor": render.flavor(f, self.base, c.mv)})
 
     async def delete_flavor(self, c):
         await call(self.svc.flavors.delete, c.ctx, c.params["id"])
@@ -148,21 +138,21 @@ class ResourceApi:
 
     async def list_extra_specs(self, c):
         f = await call(self.svc.flavors.get, c.ctx, c.params["id"])
-        return _api()._json({"extra_specs": dict(f.extra_specs or {})})
+        return _json({"extra_specs": dict(f.extra_specs or {})})
 
     async def create_extra_specs(self, c):
         specs = (await json_body(c.request)).get("extra_specs")
         if not isinstance(specs, dict):
             raise BadRequest("'extra_specs' must be an object.", field="extra_specs")
         out = await call(self.svc.flavors.set_extra_specs, c.ctx, c.params["id"], specs)
-        return _api()._json({"extra_specs": out})
+        return _json({"extra_specs": out})
 
     async def show_extra_spec(self, c):
         f = await call(self.svc.flavors.get, c.ctx, c.params["id"])
         key = c.params["key"]
         if key not in (f.extra_specs or {}):
             raise NotFound(f"Flavor {f.id} has no extra specs with key {key}.")
-        return _api()._json({key: f.extra_specs[key]})
+        return _json({key: f.extra_specs[key]})
 
     async def update_extra_spec(self, c):
         body = await json_body(c.request)
@@ -170,7 +160,7 @@ class ResourceApi:
         if not isinstance(body, dict) or list(body) != [key]:
             raise BadRequest("Request body and URI mismatch", field="extra_specs")
         out = await call(self.svc.flavors.set_extra_specs, c.ctx, c.params["id"], body)
-        return _api()._json(out)
+        return _json(out)
 
     async def delete_extra_spec(self, c):
         await call(self.svc.flavors.delete_extra_spec, c.ctx, c.params["id"], c.params["key"])
@@ -178,7 +168,7 @@ class ResourceApi:
 
     async def flavor_access(self, c):
         projects = await call(self.svc.flavors.access, c.ctx, c.params["id"])
-        return _api()._json({"flavor_access": [{"flavor_id": c.params["id"], "tenant_id": p}
+        return _json({"flavor_access": [{"flavor_id": c.params["id"], "tenant_id": p}
                                                for p in projects]})
 
     async def flavor_action(self, c):
@@ -193,19 +183,18 @@ class ResourceApi:
         else:
             raise BadRequest("Unknown flavor action; use addTenantAccess or "
                              "removeTenantAccess.", field="action")
-        return _api()._json({"flavor_access": [{"flavor_id": c.params["id"], "tenant_id": p}
+        return _json({"flavor_access": [{"flavor_id": c.params["id"], "tenant_id": p}
                                                for p in projects]})
 
     # -- keypairs --------------------------------------------------------------------------
     async def list_keypairs(self, c):
         user = c.query.get("user_id") if c.mv >= V(2, 10) else None
         kps = await call(lambda: self.svc.keypairs.list(c.ctx, user_id=user))
-        return _api()._json({"keypairs": [{"keypair": render.keypair(k, c.mv, in_list=True)}
+        return _json({"keypairs": [{"keypair": render.keypair(k, c.mv, in_list=True)}
                                           for k in kps]})
 
     async def create_keypair(self, c):
-        api = _api()
-        body = api._object(await json_body(c.request), "keypair")
+        body = _object(await json_body(c.request), "keypair")
         key_type = body.get("type", "ssh") if c.mv >= V(2, 2) else "ssh"
         if key_type not in ("ssh", "x509"):
             raise BadRequest(f"Invalid keypair type {key_type}; allowed: ssh, x509.",
@@ -221,13 +210,13 @@ class ResourceApi:
             c.ctx, name=body.get("name"), public_key=public_key, key_type=key_type,
             user_id=user))
         status = 201 if c.mv >= V(2, 2) else 200
-        return api._json({"keypair": render.keypair(kp, c.mv, private_key=private,
+        return _json({"keypair": render.keypair(kp, c.mv, private_key=private,
                                                     detail=False)}, status)
 
     async def show_keypair(self, c):
         user = c.query.get("user_id") if c.mv >= V(2, 10) else None
         kp = await call(lambda: self.svc.keypairs.get(c.ctx, c.params["name"], user_id=user))
-        return _api()._json({"keypair": render.keypair(kp, c.mv)})
+        return _json({"keypair": render.keypair(kp, c.mv)})
 
     async def delete_keypair(self, c):
         user = c.query.get("user_id") if c.mv >= V(2, 10) else None
@@ -238,14 +227,11 @@ class ResourceApi:
     async def list_groups(self, c):
         all_projects = c.query.get("all_projects") is not None
         groups = await call(lambda: self.svc.list_groups(c.ctx, all_projects=all_projects))
-        return _api()._json({"server_groups": [render.server_group(g, c.mv) for g in groups]})
+        return _json({"server_groups": [render.server_group(g, c.mv) for g in groups]})
 
     async def create_group(self, c):
-        api = _api()
-        body = api._object(await json_body(c.request), "server_group")
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 255:
-            raise BadRequest("Invalid server group name: 1-255 characters.", field="name")
+        body = _object(await json_body(c.request), "server_group")
+        name = _name(body.get("name"))
         if c.mv >= V(2, 64):
             policy, rules = body.get("policy"), body.get("rules")
         else:
@@ -259,11 +245,11 @@ class ResourceApi:
                                  field="policies")
         g = await call(lambda: self.svc.create_group(c.ctx, name=name, policy=policy,
                                                      rules=rules))
-        return api._json({"server_group": render.server_group(g, c.mv)})
+        return _json({"server_group": render.server_group(g, c.mv)})
 
     async def show_group(self, c):
         g = await call(self.svc.get_group, c.ctx, c.params["id"])
-        return _api()._json({"server_group": render.server_group(g, c.mv)})
+        return _json({"server_group": render.server_group(g, c.mv)})
 
     async def delete_group(self, c):
         await call(self.svc.delete_group, c.ctx, c.params["id"])
@@ -273,7 +259,7 @@ class ResourceApi:
     async def list_zones(self, c):
         hosts = await call(self.svc.list_hosts)
         zones = sorted({h.availability_zone for h in hosts if not h.disabled})
-        return _api()._json({"availabilityZoneInfo": [
+        return _json({"availabilityZoneInfo": [
             {"zoneName": z, "zoneState": {"available": True}, "hosts": None} for z in zones]})
 
     async def list_zones_detail(self, c):
@@ -284,7 +270,7 @@ class ResourceApi:
             zones.setdefault(h.availability_zone, {})[h.hostname] = {"nova-compute": {
                 "available": not h.disabled, "active": True,
                 "updated_at": render.iso_micro(h.heartbeat_at)}}
-        return _api()._json({"availabilityZoneInfo": [
+        return _json({"availabilityZoneInfo": [
             {"zoneName": z, "zoneState": {"available": True}, "hosts": hs}
             for z, hs in sorted(zones.items())]})
 
@@ -302,7 +288,7 @@ class ResourceApi:
             rows = [r for r in rows if r["host"] == q["host"]]
         if q.get("binary"):
             rows = [r for r in rows if r["binary"] == q["binary"]]
-        return _api()._json({"services": rows})
+        return _json({"services": rows})
 
     async def update_service(self, c):
         if c.mv < V(2, 53):
@@ -314,7 +300,7 @@ class ResourceApi:
         h = await call(lambda: self.svc.set_host_status(
             c.ctx, c.params["id"], disabled=None if status is None else status == "disabled",
             reason=body.get("disabled_reason"), forced_down=body.get("forced_down")))
-        return _api()._json({"service": render.service(h, c.mv)})
+        return _json({"service": render.service(h, c.mv)})
 
     async def _hypervisors(self, c, detail: bool, host_id: str | None = None):
         self._admin(c)
@@ -334,32 +320,29 @@ class ResourceApi:
             servers = {}
             for s in rows:
                 servers.setdefault(s.host_id, []).append({"uuid": s.id, "name": s.name})
+        uptime = uptime_text() if detail and c.mv >= V(2, 88) else None
         return [render.hypervisor(h, used.get(h.id, (0, 0, 0, 0)), c.mv, detail=detail,
+                                  uptime=uptime,
                                   servers=None if servers is None else servers.get(h.id, []))
                 for h in hosts]
 
     async def list_hypervisors(self, c):
-        return _api()._json({"hypervisors": await self._hypervisors(c, False)})
+        return _json({"hypervisors": await self._hypervisors(c, False)})
 
     async def list_hypervisors_detail(self, c):
-        return _api()._json({"hypervisors": await self._hypervisors(c, True)})
+        return _json({"hypervisors": await self._hypervisors(c, True)})
 
     async def show_hypervisor(self, c):
         rows = await self._hypervisors(c, True, c.params["id"])
-        return _api()._json({"hypervisor": rows[0]})
+        return _json({"hypervisor": rows[0]})
 
     async def hypervisor_uptime(self, c):
         if c.mv >= V(2, 88):
             raise NotFound("The hypervisor uptime API was removed in microversion 2.88; "
                            "`uptime` is in the hypervisor body.")
         row = (await self._hypervisors(c, False, c.params["id"]))[0]
-        with open("/proc/uptime") as f:
-            seconds = int(float(f.read().split()[0]))
-        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-        now = time.strftime("%H:%M:%S")
-        row["uptime"] = (f"{now} up {seconds // 86400} days, {seconds % 86400 // 3600}:"
-                         f"{seconds % 3600 // 60:02d},  0 users,  load average: {load}")
-        return _api()._json({"hypervisor": row})
+        row["uptime"] = uptime_text()
+        return _json({"hypervisor": row})
 
     async def hypervisor_statistics(self, c):
         if c.mv >= V(2, 88):
@@ -383,7 +366,7 @@ class ResourceApi:
             total["free_disk_gb"] += h.disk_gb - u[2]
             total["disk_available_least"] += h.disk_gb - u[2]
             total["running_vms"] += u[3]
-        return _api()._json({"hypervisor_statistics": total})
+        return _json({"hypervisor_statistics": total})
 
     # -- limits and quotas -----------------------------------------------------------------
     async def limits(self, c):
@@ -407,7 +390,7 @@ class ResourceApi:
             absolute.update({"maxSecurityGroups": -1, "maxSecurityGroupRules": -1,
                              "maxTotalFloatingIps": -1, "totalSecurityGroupsUsed": 0,
                              "totalFloatingIpsUsed": 0})
-        return _api()._json({"limits": {"rate": [], "absolute": absolute}})
+        return _json({"limits": {"rate": [], "absolute": absolute}})
 
     def _quota_view(self, c, values: dict, project: str | None) -> dict:
         out = dict(values)
@@ -431,7 +414,7 @@ class ResourceApi:
     async def show_quota(self, c):
         project = self._quota_project(c)
         values = await call(self.svc.quotas.get, project)
-        return _api()._json({"quota_set": self._quota_view(c, values, project)})
+        return _json({"quota_set": self._quota_view(c, values, project)})
 
     async def detail_quota(self, c):
         project = self._quota_project(c)
@@ -439,17 +422,17 @@ class ResourceApi:
         if c.mv < V(2, 36):
             values.update({k: {"limit": v, "in_use": 0, "reserved": 0}
                            for k, v in NETWORK_QUOTAS.items()})
-        return _api()._json({"quota_set": self._quota_view(c, values, project)})
+        return _json({"quota_set": self._quota_view(c, values, project)})
 
     async def default_quota(self, c):
-        return _api()._json({"quota_set": self._quota_view(c, dict(DEFAULT_QUOTAS),
+        return _json({"quota_set": self._quota_view(c, dict(DEFAULT_QUOTAS),
                                                            c.params["project"])})
 
     async def update_quota(self, c):
-        body = _api()._object(await json_body(c.request), "quota_set")
+        body = object(await json_body(c.request), "quota_set")
         body.pop("force", None)
         values = await call(self.svc.quotas.update, c.ctx, c.params["project"], body)
-        return _api()._json({"quota_set": self._quota_view(c, values, None)})
+        return _json({"quota_set": self._quota_view(c, values, None)})
 
     async def delete_quota(self, c):
         await call(self.svc.quotas.reset, c.ctx, c.params["project"])
@@ -459,7 +442,7 @@ class ResourceApi:
         """Host aggregates are not modelled; there are none (the CLI asks
         while showing a hypervisor)."""
         self._admin(c)
-        return _api()._json({"aggregates": []})
+        return _json({"aggregates": []})
 
     async def extensions(self, c):
-        return _api()._json({"extensions": []})
+        return _json({"extensions": []})

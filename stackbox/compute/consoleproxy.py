@@ -363,27 +363,6 @@ def _with_page_headers(send):
     return wrapped
 
 
-def make_resolver(consume: Callable[[str], "tuple[str, str] | None"],
-                  console_endpoint: Callable[[str, str], ConsoleEndpoint]) -> Resolve:
-    """A resolve() from a token store that answers (server id, kind) or None
-    (spending the token) and a driver's console_endpoint(uuid, kind), which is
-    asked at connect time; its DriverError (server not running) becomes 502.
-    Both block (database, QMP), so they run in a worker thread."""
-
-    def lookup(token: str) -> ConsoleEndpoint | None:
-        found = consume(token)
-        if found is None:
-            return None
-        server_id, kind = found
-        return console_endpoint(server_id, kind)
-
-    async def resolve(token: str) -> ConsoleEndpoint | None:
-        if not token:
-            raise ConsoleTokenError("no console token in the request (expected ?token=...)")
-        return await asyncio.to_thread(lookup, token)
-    return resolve
-
-
 def build_console_app(resolve: Resolve, *, novnc_dir: Path | None,
                       allowed_origins: tuple[str, ...] = (),
                       max_connections: int = DEFAULT_MAX_CONNECTIONS) -> ConsoleProxy:
@@ -392,13 +371,3 @@ def build_console_app(resolve: Resolve, *, novnc_dir: Path | None,
                     "fix: run `make novnc`", ", ".join(map(str, NOVNC_CANDIDATES)))
     return ConsoleProxy(resolve, novnc_dir=novnc_dir, allowed_origins=allowed_origins,
                         max_connections=max_connections)
-
-
-def build_console(settings, *, backend=None) -> tuple["ConsoleTokens", ConsoleProxy]:
-    """The token store and the proxy app for one stackbox process: the
-    compute API issues with the first, the server mounts the second on
-    `settings.compute.console_port`. `backend` defaults to memory."""
-    from stackbox.compute.consoletokens import ConsoleTokens
-    tokens = ConsoleTokens(backend, ttl=settings.compute.console_token_ttl)
-    app = build_console_app(tokens.resolver(), novnc_dir=find_novnc(settings.compute.novnc_dir))
-    return tokens, app

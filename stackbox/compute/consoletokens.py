@@ -113,6 +113,49 @@ class MemoryTokenBackend:
         return len(self._records)
 
 
+class DatabaseTokenBackend:
+    """Tokens in the compute tables, so any API process can issue what any
+    proxy consumes; `claim` is one conditional UPDATE."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def add(self, record: TokenRecord) -> None:
+        from stackbox.compute.models import ConsoleToken
+        doc = record.to_json()
+        with self.db.transaction() as s:
+            s.add(ConsoleToken(token_hash=record.token_hash, server_id=record.instance_uuid,
+                               kind=record.kind, endpoint=doc["endpoint"],
+                               expires_at=record.expires_at, used_at=record.used_at))
+
+    def claim(self, token_hash: str, now: float) -> bool:
+        from sqlalchemy import update
+        from stackbox.compute.models import ConsoleToken
+        with self.db.transaction() as s:
+            done = s.execute(update(ConsoleToken).where(
+                ConsoleToken.token_hash == token_hash, ConsoleToken.used_at.is_(None),
+                ConsoleToken.expires_at > now).values(used_at=now))
+            return done.rowcount == 1
+
+    def get(self, token_hash: str) -> TokenRecord | None:
+        from stackbox.compute.models import ConsoleToken
+        with self.db.read() as s:
+            row = s.get(ConsoleToken, token_hash)
+            if row is None:
+                return None
+            return TokenRecord.from_json({
+                "token_hash": row.token_hash, "instance_uuid": row.server_id,
+                "kind": row.kind, "endpoint": row.endpoint, "expires_at": row.expires_at,
+                "used_at": row.used_at})
+
+    def purge(self, before: float) -> int:
+        from sqlalchemy import delete
+        from stackbox.compute.models import ConsoleToken
+        with self.db.transaction() as s:
+            return s.execute(delete(ConsoleToken)
+                             .where(ConsoleToken.expires_at < before)).rowcount
+
+
 class ConsoleTokenError(Exception):
     """A token that opens nothing. `reason` is for people and is safe to send
     to the client (it never contains the token)."""

@@ -164,12 +164,15 @@ class InstanceAction(Base):
 
 
 class ConsoleToken(Base):
-    """One-time console tokens; only a hash of the token is kept."""
+    """One-time console tokens (compute/consoletokens.py): only a hash of the
+    token is kept; times are unix seconds, as TokenRecord has them."""
     __tablename__ = "compute_console_tokens"
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     server_id: Mapped[str] = mapped_column(String(36), index=True)
     kind: Mapped[str] = mapped_column(String(16))
-    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    endpoint: Mapped[dict[str, Any]] = mapped_column(JSON)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 __all__ = ["Flavor", "FlavorAccess", "KeyPair", "ComputeHost", "Server", "Allocation",

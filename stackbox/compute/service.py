@@ -12,7 +12,6 @@ import re
 import secrets
 import threading
 import uuid
-from datetime import timedelta
 from typing import Any, Callable
 
 from sqlalchemy import delete, func, select, text
@@ -21,6 +20,8 @@ from stackbox.common.db import Database, utcnow
 from stackbox.common.errors import (BadRequest, Conflict, Forbidden, InvalidState, NotFound)
 from stackbox.common.http.context import RequestContext
 from stackbox.compute import scheduler, states
+from stackbox.compute.consoletokens import ConsoleTokens, DatabaseTokenBackend
+from stackbox.compute.drivers.base import DriverError
 from stackbox.compute.flavors import FlavorService, KeypairService, QuotaService
 from stackbox.compute.models import (ComputeHost, ConsoleToken, InstanceAction, KeyPair, Server,
                                      ServerGroup)
@@ -45,6 +46,20 @@ def internal_context(project_id: str | None = None) -> RequestContext:
 def sanitize_hostname(name: str) -> str:
     host = HOSTNAME_BAD.sub("-", name.lower().replace("_", "-")).strip("-.")[:63].strip("-")
     return host or "server"
+
+
+def flavor_snapshot(flavor) -> dict:
+    """What a server keeps of its flavor (Nova embeds it; later flavor edits
+    do not change running servers)."""
+    return {"id": flavor.id, "name": flavor.name, "vcpus": flavor.vcpus, "ram": flavor.ram,
+            "disk": flavor.disk, "ephemeral": flavor.ephemeral, "swap": flavor.swap,
+            "extra_specs": dict(flavor.extra_specs or {})}
+
+
+def image_snapshot(img) -> dict:
+    return {"id": img.id, "name": img.name, "disk_format": img.disk_format,
+            "container_format": img.container_format, "min_disk": img.min_disk,
+            "min_ram": img.min_ram, "size": img.size, "properties": dict(img.properties or {})}
 
 
 @dataclasses.dataclass
@@ -105,6 +120,8 @@ class ComputeService:
         self.keypairs = KeypairService(db, self.quotas)
         self._create_lock = threading.Lock()
         self.wake: Callable[[], None] = lambda: None   # the local agent's doorbell
+        self.console_tokens = ConsoleTokens(DatabaseTokenBackend(db),
+                                            ttl=settings.compute.console_token_ttl)
 
     # -- helpers ---------------------------------------------------------------------------
     def _lock(self, s, key: str) -> None:
@@ -135,7 +152,8 @@ class ComputeService:
                                updated_at=utcnow(), events=[]))
 
     # -- create ----------------------------------------------------------------------------
-    def _check_image(self, ctx, image_id: str, flavor) -> Any:
+    def _check_image(self, ctx, image_id: str, flavor: dict) -> Any:
+        """The image, if the server may boot it with `flavor` (a snapshot)."""
         try:
             img = self.image.get_image(ctx, image_id)
         except NotFound:
@@ -146,16 +164,16 @@ class ComputeService:
         if img.disk_format in ("aki", "ari"):
             raise BadRequest(f"Image {image_id} is a {img.disk_format} (kernel/ramdisk) "
                              "image and cannot boot a server on its own.", field="imageRef")
-        if flavor.ram < (img.min_ram or 0):
+        if flavor["ram"] < (img.min_ram or 0):
             raise BadRequest(f"Flavor's memory is too small for requested image: flavor "
-                             f"{flavor.name} has {flavor.ram} MiB, image needs {img.min_ram} MiB.",
-                             field="flavorRef")
-        if flavor.disk:
+                             f"{flavor['name']} has {flavor['ram']} MiB, image needs "
+                             f"{img.min_ram} MiB.", field="flavorRef")
+        if flavor["disk"]:
             need = max((img.min_disk or 0) * 1024 ** 3, img.virtual_size or img.size or 0)
-            if flavor.disk * 1024 ** 3 < need:
+            if flavor["disk"] * 1024 ** 3 < need:
                 raise BadRequest(f"Flavor's disk is too small for requested image. Flavor "
-                                 f"disk is {flavor.disk * 1024 ** 3} bytes, image is {need} "
-                                 "bytes.", field="flavorRef")
+                                 f"disk is {flavor['disk'] * 1024 ** 3} bytes, image is "
+                                 f"{need} bytes.", field="flavorRef")
         return img
 
     def create_servers(self, ctx: RequestContext, req: CreateRequest) -> list[Server]:
@@ -165,7 +183,8 @@ class ComputeService:
             raise BadRequest(f"Flavor {req.flavor_id} could not be found.", field="flavorRef")
         if flavor.disabled:
             raise BadRequest(f"Flavor {req.flavor_id} is disabled.", field="flavorRef")
-        img = self._check_image(ctx, req.image_id, flavor)
+        flavor_snap = flavor_snapshot(flavor)
+        img = self._check_image(ctx, req.image_id, flavor_snap)
         if req.user_data is not None:
             if len(req.user_data) > MAX_USER_DATA:
                 raise BadRequest(f"user_data is {len(req.user_data)} bytes; the limit is "
@@ -204,13 +223,7 @@ class ComputeService:
                 raise BadRequest(f"The requested availability zone is not available: {az} "
                                  f"(zones: {', '.join(sorted(zones)) or 'none'}).",
                                  field="availability_zone")
-        image_meta = {"id": img.id, "name": img.name, "disk_format": img.disk_format,
-                      "container_format": img.container_format, "min_disk": img.min_disk,
-                      "min_ram": img.min_ram, "size": img.size,
-                      "properties": dict(img.properties or {})}
-        flavor_snap = {"id": flavor.id, "name": flavor.name, "vcpus": flavor.vcpus,
-                       "ram": flavor.ram, "disk": flavor.disk, "ephemeral": flavor.ephemeral,
-                       "swap": flavor.swap, "extra_specs": dict(flavor.extra_specs or {})}
+        image_meta = image_snapshot(img)
         reservation = "r-" + secrets.token_hex(4)
         count = req.max_count
         servers: list[Server] = []
@@ -521,7 +534,7 @@ class ComputeService:
             server.locked, server.locked_reason = True, reason
             server.locked_by = "admin" if ctx.is_admin and ctx.project_id != \
                 server.project_id else "owner"
-        return self._action(ctx, server_id, "lock", allowed=tuple(states._VM_STATUS),
+        return self._action(ctx, server_id, "lock", allowed=states.ALL_VM_STATES,
                             task=None, check_lock=False, apply=apply)
 
     def unlock(self, ctx, server_id):
@@ -530,7 +543,7 @@ class ComputeService:
                 raise Forbidden("Policy doesn't allow os_compute_api:os-lock-server:unlock:"
                                 "unlock_override to be performed: an admin locked it.")
             server.locked, server.locked_reason, server.locked_by = False, None, None
-        return self._action(ctx, server_id, "unlock", allowed=tuple(states._VM_STATUS),
+        return self._action(ctx, server_id, "unlock", allowed=states.ALL_VM_STATES,
                             task=None, check_lock=False, apply=apply)
 
     def rebuild(self, ctx, server_id, *, image_id: str, name: str | None = None,
@@ -538,9 +551,7 @@ class ComputeService:
                 key_name: Any = ..., description: Any = ...):
         with self.db.read() as s:
             server = self._find(s, ctx, server_id)
-        flavor = dataclasses.make_dataclass("F", ["ram", "disk", "name"])(
-            server.flavor["ram"], server.flavor["disk"], server.flavor["name"])
-        img = self._check_image(ctx, image_id, flavor)
+        img = self._check_image(ctx, image_id, server.flavor)
         key_data = ...
         if key_name is not ... and key_name is not None:
             try:
@@ -551,11 +562,7 @@ class ComputeService:
 
         def apply(s, server):
             server.image_id = img.id
-            server.image_meta = {"id": img.id, "name": img.name,
-                                 "disk_format": img.disk_format,
-                                 "container_format": img.container_format,
-                                 "min_disk": img.min_disk, "min_ram": img.min_ram,
-                                 "size": img.size, "properties": dict(img.properties or {})}
+            server.image_meta = image_snapshot(img)
             if name is not None:
                 server.name = name
             if metadata is not None:
@@ -596,10 +603,7 @@ class ComputeService:
             except scheduler.NoValidHost as e:
                 raise BadRequest(str(e), field="flavorRef")
             server.old_flavor = server.flavor
-            server.flavor = {"id": flavor.id, "name": flavor.name, "vcpus": flavor.vcpus,
-                             "ram": flavor.ram, "disk": flavor.disk,
-                             "ephemeral": flavor.ephemeral, "swap": flavor.swap,
-                             "extra_specs": dict(flavor.extra_specs or {})}
+            server.flavor = flavor_snapshot(flavor)
         return self._action(ctx, server_id, "resize", allowed=(states.ACTIVE, states.STOPPED),
                             task=states.RESIZE_PREP, apply=apply)
 
@@ -719,31 +723,19 @@ class ComputeService:
             raise Conflict(f"Instance {server_id} is not ready: it has no console yet.")
         return driver.console_output(server_id, length=length)
 
-    def issue_console_token(self, ctx, server_id, kind: str) -> str:
-        with self.db.transaction() as s:
-            server = self._find(s, ctx, server_id)
-            if server.vm_state not in (states.ACTIVE, states.PAUSED) or server.power_state != 1:
-                raise Conflict(f"Instance {server_id} is not running (status "
-                               f"{states.status(server.vm_state, server.task_state)}); its "
-                               "console is unavailable.")
-            token = secrets.token_urlsafe(24)
-            s.add(ConsoleToken(token_hash=hashlib.sha256(token.encode()).hexdigest(),
-                               server_id=server_id, kind=kind,
-                               expires_at=utcnow() + timedelta(
-                                   seconds=self.settings.compute.console_token_ttl)))
-            return token
-
-    def consume_console_token(self, token: str) -> tuple[str, str] | None:
-        """(server id, kind) for a valid token, which is then spent; None otherwise."""
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        with self.db.transaction() as s:
-            row = s.get(ConsoleToken, digest)
-            if row is None:
-                return None
-            s.delete(row)
-            if row.expires_at < utcnow():
-                return None
-            return row.server_id, row.kind
+    def issue_console_token(self, ctx, server_id, kind: str, endpoint_lookup) -> str:
+        """A one-time token for the server's `kind` console; `endpoint_lookup`
+        is the driver's console_endpoint, asked now so a console that does not
+        exist fails in this call, not in the user's browser."""
+        server = self.get_server(ctx, server_id)
+        if server.vm_state not in (states.ACTIVE, states.PAUSED) or server.task_state:
+            raise Conflict(f"Instance {server_id} is not running (status "
+                           f"{states.status(server.vm_state, server.task_state)}); its "
+                           "console is unavailable.")
+        try:
+            return self.console_tokens.issue(server_id, kind, endpoint_lookup)
+        except DriverError as e:
+            raise Conflict(f"Instance {server_id} has no {kind} console: {e.message}")
 
     # -- server groups ---------------------------------------------------------------------
     def create_group(self, ctx, *, name: str, policy: str, rules: dict | None) -> ServerGroup:

@@ -9,7 +9,6 @@ import http.client
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -25,10 +24,9 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from stackbox.compute.consoleproxy import (build_console_app, console_url, find_novnc,
-                                           make_resolver)
+from stackbox.compute.consoleproxy import build_console_app, console_url, find_novnc
 from stackbox.compute.consoletokens import ConsoleTokens, MemoryTokenBackend, hash_token
-from stackbox.compute.drivers.base import ConsoleEndpoint, DriverError
+from stackbox.compute.drivers.base import ConsoleEndpoint
 from tests.consoles import Frames, rfb_handshake
 from tests.e2e.guests import BOOT_TIMEOUT, MARK, QEMU, Guest, die_with_parent
 
@@ -388,28 +386,6 @@ def test_a_full_proxy_refuses_without_using_the_token(proxy, peer):
     status, body = run(session())
     assert status == 503 and "too many open consoles" in body
     assert proxy.tokens.backend.get(hash_token(second)).used_at is None
-
-
-def test_resolver_from_a_consume_function_and_a_driver(peer):
-    """The shape the compute service has: consume(token) -> (server id, kind)
-    or None, and the driver's console_endpoint asked at connect time."""
-    issued = {"good": (UUID, "serial"), "stopped": ("4c1f0000-0000-4000-8000-000000000000", "vnc")}
-
-    def console_endpoint(server_id, kind):
-        if server_id != UUID:
-            raise DriverError(f"instance {server_id} is not running")
-        return ConsoleEndpoint(kind=kind, unix_path=peer.path)
-    p = Proxy(None, resolve=make_resolver(lambda t: issued.pop(t, None), console_endpoint))
-    p.start()
-    try:
-        assert run(_banner(p.ws_url("serial", "good"))) == b"hello"
-        assert refusal(p.ws_url("serial", "good"))[0] == 403          # spent
-        status, body = refusal(p.ws_url("vnc", "stopped"))
-        assert status == 502 and "is not running" in body
-        status, body = refusal(f"ws://127.0.0.1:{p.port}/")
-        assert status == 403 and "no console token" in body
-    finally:
-        p.stop()
 
 
 def test_same_origin_and_cookie_token_are_accepted(proxy, peer):

@@ -155,11 +155,24 @@ def test_novnc_dir_must_hold_novnc(tmp_path):
     assert find_novnc(str(tmp_path / "nothing")) is None
 
 
-def test_build_console_uses_the_settings(tmp_path):
-    from stackbox.compute.consoleproxy import build_console
-    (tmp_path / "vnc_lite.html").write_text("<html></html>")
-    cfg = tmp_path / "s.toml"
-    cfg.write_text(f'[compute]\nconsole_token_ttl = 30\nnovnc_dir = "{tmp_path}"\n')
-    tokens, app = build_console(load_settings(cfg))
-    assert tokens.ttl == 30 and app.novnc_dir == tmp_path
-    assert isinstance(tokens.backend, MemoryTokenBackend)
+def test_database_backend_spends_each_token_once(tmp_path):
+    """The compute service's store: tokens in the database, claimed by one
+    conditional UPDATE, with the same refusals as the memory store."""
+    from stackbox.common.db import Database, migrate
+    from stackbox.compute.consoletokens import DatabaseTokenBackend
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    db = Database(url)
+    now = [1000.0]
+    tokens = ConsoleTokens(DatabaseTokenBackend(db), ttl=60, clock=lambda: now[0])
+    endpoint = ConsoleEndpoint(kind="vnc", unix_path=tmp_path / "vnc.sock")
+    token = tokens.issue(UUID, "vnc", lambda uuid, kind: endpoint)
+    record = tokens.consume(token)
+    assert record.instance_uuid == UUID and record.endpoint == endpoint
+    with pytest.raises(ConsoleTokenError, match="already used"):
+        tokens.consume(token)
+    late = tokens.issue(UUID, "vnc", lambda uuid, kind: endpoint)
+    now[0] += 61
+    with pytest.raises(ConsoleTokenError, match="expired"):
+        tokens.consume(late)
+    db.dispose()

@@ -6,6 +6,7 @@ import os
 import platform
 import re
 import shutil
+import time
 from pathlib import Path
 
 from stackbox.common import hostops
@@ -68,3 +69,14 @@ def host_resources(instances_dir: Path, qemu_version: int) -> dict:
             "features": sorted(cpu.get("flags", "").split()),
         },
     }
+
+
+def uptime_text() -> str:
+    """This host's uptime as `uptime(1)` prints it (Nova's hypervisor uptime
+    field, which the CLI parses)."""
+    with open("/proc/uptime") as f:
+        seconds = int(float(f.read().split()[0]))
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{time.strftime('%H:%M:%S')} up {seconds // 86400} days, "
+            f"{seconds % 86400 // 3600}:{seconds % 3600 // 60:02d},  0 users,  "
+            f"load average: {load}")

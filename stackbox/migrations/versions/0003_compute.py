@@ -21,10 +21,13 @@ def upgrade() -> None:
     sa.Column('token_hash', sa.String(length=64), nullable=False),
     sa.Column('server_id', sa.String(length=36), nullable=False),
     sa.Column('kind', sa.String(length=16), nullable=False),
-    sa.Column('expires_at', stackbox.common.db.UTCDateTime(), nullable=False),
+    sa.Column('endpoint', sa.JSON(), nullable=False),
+    sa.Column('expires_at', sa.Float(), nullable=False),
+    sa.Column('used_at', sa.Float(), nullable=True),
     sa.PrimaryKeyConstraint('token_hash')
     )
     with op.batch_alter_table('compute_console_tokens', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_compute_console_tokens_expires_at'), ['expires_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_compute_console_tokens_server_id'), ['server_id'], unique=False)
 
     op.create_table('compute_flavors',
@@ -205,6 +208,7 @@ def downgrade() -> None:
     op.drop_table('compute_flavors')
     with op.batch_alter_table('compute_console_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_compute_console_tokens_server_id'))
+        batch_op.drop_index(batch_op.f('ix_compute_console_tokens_expires_at'))
 
     op.drop_table('compute_console_tokens')
     # ### end Alembic commands ###
