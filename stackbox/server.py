@@ -23,7 +23,7 @@ from stackbox.common.http.app import PortDispatcher
 from stackbox.compute.api import ComputeApi, network_addresses
 from stackbox.compute.api import build_app as build_compute_app
 from stackbox.compute.consoleproxy import (build_console_app, console_base_url, console_url,
-                                           find_novnc, make_resolver)
+                                           find_novnc)
 from stackbox.identity.api import build_app as build_identity_app
 from stackbox.identity.service import IdentityService
 from stackbox.image.api import build_app as build_image_app
@@ -110,8 +110,7 @@ class Cloud:
                 self.settings.image.port: build_image_app(self.image, validator=self.identity),
                 self.settings.compute.port: build_compute_app(compute, validator=self.identity),
                 self.settings.compute.console_port: build_console_app(
-                    make_resolver(self.compute.consume_console_token,
-                                  self.compute_agent.driver.console_endpoint),
+                    self.compute.console_tokens.resolver(),
                     novnc_dir=find_novnc(self.settings.compute.novnc_dir)),
                 self.settings.object_store.port: object_store_dispatcher(
                     build_objectstore_app(self.objectstore, validator=self.identity),
@@ -123,65 +122,49 @@ class Cloud:
     def console_url(self, protocol: str, token: str) -> str:
         return console_url(console_base_url(self.settings), protocol, token)
 
-    async def object_daemons(self, stop: asyncio.Event) -> None:
-        """Object auditor and replicator passes, each in a worker thread at a
-        bounded rate, one after the other."""
+    def chores(self, stop: asyncio.Event) -> list:
+        """The periodic work of this process, each in a worker thread: the
+        heartbeat for `stackbox status` and signing-key rotation; the object
+        expirer (GET and listings hide expired objects already; this frees the
+        space and fixes the counters), replicator and auditor (bounded rate)."""
         cfg = self.settings.object_store
         backend = self.objectstore.backend
-        daemons = [("replicator", Replicator(backend), cfg.replicator_interval)]
+        passes = [("housekeeping", self._housekeeping, HEARTBEAT_SECONDS),
+                  ("object expirer", lambda halt: self.objectstore.expire(),
+                   cfg.expirer_interval),
+                  ("object replicator", Replicator(backend).run_pass, cfg.replicator_interval)]
         if cfg.auditor_bytes_per_second:
             auditor = Auditor(backend, bytes_per_second=cfg.auditor_bytes_per_second)
-            daemons.append(("auditor", auditor, cfg.auditor_interval))
-        await asyncio.gather(*(self._repeat(stop, name, d.run_pass, every)
-                               for name, d, every in daemons))
+            passes.append(("object auditor", auditor.run_pass, cfg.auditor_interval))
+        return [every(stop, name, run_pass, seconds) for name, run_pass, seconds in passes]
 
-    @staticmethod
-    async def _repeat(stop: asyncio.Event, name: str, run_pass, every: float) -> None:
-        halt = threading.Event()
-        while not stop.is_set():
-            task = asyncio.ensure_future(asyncio.to_thread(run_pass, halt))
-            waiter = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if stop.is_set():
-                halt.set()
-                await asyncio.gather(task, return_exceptions=True)
-                return
-            waiter.cancel()
-            try:
-                task.result()
-            except Exception:
-                log.exception("object %s pass failed; retrying", name)
-            try:
-                await asyncio.wait_for(stop.wait(), every)
-            except asyncio.TimeoutError:
-                pass
+    def _housekeeping(self, halt: threading.Event) -> None:
+        registry.heartbeat(self.db, binary="stackbox-api", version=__version__,
+                           started_at=self.started_at)
+        self.identity.keys.ensure_key()
 
-    async def expirer(self, stop: asyncio.Event) -> None:
-        """Removes objects whose X-Delete-At has passed (GET and listings hide
-        them already; this frees the space and fixes the counters)."""
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(self.objectstore.expire)
-            except Exception:
-                log.exception("object expirer pass failed; retrying")
-            try:
-                await asyncio.wait_for(stop.wait(), self.settings.object_store.expirer_interval)
-            except asyncio.TimeoutError:
-                pass
 
-    async def housekeeping(self, stop: asyncio.Event) -> None:
-        """Heartbeat for `stackbox status`, and signing-key rotation."""
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(registry.heartbeat, self.db, binary="stackbox-api",
-                                        version=__version__, started_at=self.started_at)
-                await asyncio.to_thread(self.identity.keys.ensure_key)
-            except Exception:
-                log.exception("housekeeping pass failed; retrying")
-            try:
-                await asyncio.wait_for(stop.wait(), HEARTBEAT_SECONDS)
-            except asyncio.TimeoutError:
-                pass
+async def every(stop: asyncio.Event, name: str, run_pass, seconds: float) -> None:
+    """run_pass(halt) in a worker thread, then wait `seconds`, until `stop`;
+    a failed pass is logged and retried; `halt` asks a long pass to end."""
+    halt = threading.Event()
+    while not stop.is_set():
+        task = asyncio.ensure_future(asyncio.to_thread(run_pass, halt))
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            halt.set()
+            await asyncio.gather(task, return_exceptions=True)
+            return
+        waiter.cancel()
+        try:
+            task.result()
+        except Exception:
+            log.exception("%s pass failed; retrying", name)
+        try:
+            await asyncio.wait_for(stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
 
 
 def accel_cache_dir(settings: Settings) -> Path:
@@ -275,11 +258,9 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
 
     async def main():
         stop = asyncio.Event()
-        chores = [asyncio.create_task(cloud.housekeeping(stop)),
-                  asyncio.create_task(cloud.compute_agent.run(stop)),
+        chores = [asyncio.create_task(cloud.compute_agent.run(stop)),
                   asyncio.create_task(cloud.network_agent.run(stop)),
-                  asyncio.create_task(cloud.expirer(stop)),
-                  asyncio.create_task(cloud.object_daemons(stop))]
+                  *(asyncio.create_task(chore) for chore in cloud.chores(stop))]
         try:
             await server.serve(sockets=sockets)
         finally:

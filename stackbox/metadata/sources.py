@@ -6,6 +6,7 @@ transports)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 
 from stackbox.common.errors import NotFound
 from stackbox.compute.service import internal_context
@@ -53,17 +54,10 @@ class Lookup:
         except NotFound:
             return None
         meta = instance_metadata(server, self.network)
-        if port.get("floating_ips"):
-            fips = port["floating_ips"]
-            first = fips[0] if isinstance(fips[0], str) else fips[0].get("floating_ip_address")
-            meta = _with_floating(meta, port["id"], first)
-        return meta
-
-
-def _with_floating(meta: InstanceMetadata, port_id: str, address: str | None) -> InstanceMetadata:
-    import dataclasses
-    if not address:
-        return meta
-    interfaces = tuple(dataclasses.replace(i, floating_ip=address) if i.port_id == port_id
-                       else i for i in meta.interfaces)
-    return dataclasses.replace(meta, interfaces=interfaces)
+        if not port.get("floating_ips"):
+            return meta
+        # public-ipv4: the floating IP of the port the request came from
+        address = port["floating_ips"][0]
+        return dataclasses.replace(meta, interfaces=tuple(
+            dataclasses.replace(i, floating_ip=address) if i.port_id == port["id"] else i
+            for i in meta.interfaces))

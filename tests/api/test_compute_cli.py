@@ -201,8 +201,7 @@ def test_server_lifecycle_through_every_action(cloud, keypair, unique):
     cloud.openstack("server", "resize", "--flavor", "m1.tiny", "--wait", name, cloud=DEMO,
                     as_json=False)
     shown = wait_status(cloud, name, "VERIFY_RESIZE")
-    assert shown["flavor"]["original_name"] == "m1.tiny" if isinstance(shown["flavor"], dict) \
-        else "m1.tiny" in shown["flavor"]
+    assert "m1.tiny" in json.dumps(shown["flavor"])
     cloud.openstack("server", "resize", "confirm", name, cloud=DEMO, as_json=False)
     wait_status(cloud, name, "ACTIVE")
     cloud.openstack("server", "resize", "--flavor", "c1.tiny", "--wait", name, cloud=DEMO,

@@ -38,18 +38,13 @@ def test_port_in_use_refuses_to_start(tmp_path):
 
 
 @pytest.fixture
-def second_cloud():
-    import shutil
-    import tempfile
-    from pathlib import Path
-    root = Path(tempfile.mkdtemp(prefix="sbx-2nd-"))     # short: QEMU's unix socket paths
-    c = Cloud(root, "sqlite", "")
+def second_cloud(tmp_path):
+    c = Cloud(tmp_path, "sqlite", "")
     try:
         c.start()
         yield c
     finally:
         c.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_lifecycle_status_openrc_restart(second_cloud):
