@@ -43,12 +43,15 @@ class Cloud:
     """A running stackbox and helpers to drive it with real clients."""
 
     def __init__(self, root: Path, backend: str, db_url: str):
-        self.own_root = None
         if len(str(root)) > 40:
             # QEMU's unix sockets live under <data_dir>/instances/<uuid>/ and a
             # unix socket path holds at most 107 bytes: keep the root short
+            import atexit
+            import shutil
             import tempfile
-            root = self.own_root = Path(tempfile.mkdtemp(prefix="sbx-c-"))
+            root = Path(tempfile.mkdtemp(prefix="sbx-c-"))
+            # removed at the end, not in stop(): tests stop and start a cloud again
+            atexit.register(shutil.rmtree, root, ignore_errors=True)
         self.root = root
         self.backend = backend
         self.data_dir = root / "data"
@@ -87,9 +90,6 @@ class Cloud:
 
     def stop(self) -> None:
         self.stackbox("down", "--purge", check=False)
-        if self.own_root is not None:
-            import shutil
-            shutil.rmtree(self.own_root, ignore_errors=True)
 
     @property
     def clouds_yaml(self) -> Path:
