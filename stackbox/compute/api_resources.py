@@ -429,7 +429,7 @@ class ResourceApi:
                                                            c.params["project"])})
 
     async def update_quota(self, c):
-        body = object(await json_body(c.request), "quota_set")
+        body = _object(await json_body(c.request), "quota_set")
         body.pop("force", None)
         values = await call(self.svc.quotas.update, c.ctx, c.params["project"], body)
         return _json({"quota_set": self._quota_view(c, values, None)})
