@@ -42,7 +42,10 @@ def run(argv, *, env=None, check=True, timeout=120, input=None) -> subprocess.Co
 class Cloud:
     """A running stackbox and helpers to drive it with real clients."""
 
-    def __init__(self, root: Path, backend: str, db_url: str):
+    def __init__(self, root: Path, backend: str, db_url: str, *,
+                 extra: dict[str, list[str]] | None = None):
+        """extra: more `key = value` lines per config section, e.g.
+        {"object_store": ["replicator_interval = 1"]}."""
         if len(str(root)) > 40:
             # QEMU's unix sockets live under <data_dir>/instances/<uuid>/ and a
             # unix socket path holds at most 107 bytes: keep the root short
@@ -73,6 +76,7 @@ class Cloud:
                 # one guest build cache for every test cloud (and the e2e tests)
                 lines.append(f'guest_cache_dir = "{GUEST_CACHE}"')
                 lines.append(f"console_port = {free_port()}")
+            lines += (extra or {}).get(name, [])
         if db_url:
             lines += ["[database]", f'url = "{db_url}"']
         self.config.write_text("\n".join(lines) + "\n")

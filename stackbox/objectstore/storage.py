@@ -178,13 +178,15 @@ class ReplicatedWriter:
         self.size = 0
         # one md5 for all replicas (the disk writers do not hash)
         self._md5 = hashlib.md5(usedforsecurity=False)
+        self._failure = ""
 
     def write(self, chunk: bytes) -> None:
         def one(w: Writer):
             try:
                 w.write(chunk)
                 return True
-            except OSError:
+            except OSError as exc:
+                self._failure = exc.strerror or str(exc)
                 w.abort()
                 return False
         if len(chunk) >= PARALLEL_WRITE and len(self._writers) > 1:
@@ -201,8 +203,8 @@ class ReplicatedWriter:
         self.size += len(chunk)
         if len(alive) < self._need:
             self.abort()
-            raise InsufficientStorage("too many devices failed during the upload "
-                                      "(disk full?)", field="device")
+            raise InsufficientStorage(f"{len(alive)} of the {self._need} replicas needed "
+                                      f"could be written: {self._failure}", field="device")
 
     def commit(self, metadata: dict, timestamp: str) -> dict:
         """Raises BadRequest(field="etag") when metadata carries an etag that
