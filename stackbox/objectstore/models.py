@@ -4,8 +4,8 @@ account and container listings are correct the moment a PUT returns and stay
 an index range scan at millions of objects per container.
 
 Names sort by their UTF-8 bytes in Swift. SQLite compares TEXT with memcmp on
-UTF-8, which is that order; on PostgreSQL the database should be created with
-the C collation for the same order (see docs/objectstore.md)."""
+UTF-8, which is that order; on PostgreSQL the name columns carry the "C"
+collation (byte order, whatever the database's own locale is)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,16 @@ from sqlalchemy.orm import Mapped, mapped_column
 from stackbox.common.db import Base, UTCDateTime, utcnow
 
 
+def Name(length: int) -> String:
+    """A name column that sorts by bytes on every backend (listings, markers)."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 class Account(Base):
     """Only accounts with metadata or containers have a row; an account of a
     project is otherwise implicit (Swift's account autocreate)."""
     __tablename__ = "objectstore_accounts"
-    account: Mapped[str] = mapped_column(String(256), primary_key=True)
+    account: Mapped[str] = mapped_column(Name(256), primary_key=True)
     # user metadata (lower-case names without the X-Account-Meta- prefix) and
     # system settings such as quota-bytes, kept apart
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -32,8 +37,8 @@ class Account(Base):
 
 class Container(Base):
     __tablename__ = "objectstore_containers"
-    account: Mapped[str] = mapped_column(String(256), primary_key=True)
-    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    account: Mapped[str] = mapped_column(Name(256), primary_key=True)
+    name: Mapped[str] = mapped_column(Name(256), primary_key=True)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # read/write ACLs, versions location, quotas, tempurl keys
     sysmeta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -46,9 +51,9 @@ class Container(Base):
 class Object(Base):
     """One listing row per live object; the primary key is the listing index."""
     __tablename__ = "objectstore_objects"
-    account: Mapped[str] = mapped_column(String(256), primary_key=True)
-    container: Mapped[str] = mapped_column(String(256), primary_key=True)
-    name: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    account: Mapped[str] = mapped_column(Name(256), primary_key=True)
+    container: Mapped[str] = mapped_column(Name(256), primary_key=True)
+    name: Mapped[str] = mapped_column(Name(1024), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     etag: Mapped[str] = mapped_column(String(64))
     content_type: Mapped[str] = mapped_column(String(256))

@@ -13,7 +13,7 @@ from stackbox.identity.models import Domain
 
 
 def _check(url: str) -> None:
-    assert migrate(url) == ["0001", "0002", "0003", "0004", "0005"]
+    assert migrate(url) == ["0001", "0002", "0003", "0004", "0005", "0006"]
     with Database(url).transaction() as s:
         s.add(Domain(id="d1", name="kept", description="", enabled=True))
     assert migrate(url) == []  # nothing pending the second time

@@ -255,3 +255,43 @@ def test_missing_device_uses_a_handoff_that_the_replicator_drains(tmp_path):
     finally:
         svc.backend.close()
         db.dispose()
+
+
+@pytest.mark.postgres
+def test_listings_sort_by_bytes_on_a_postgresql_with_a_natural_language_locale(tmp_path):
+    """An operator's database created with an ICU locale (where "a" < "B") still
+    lists in Swift's byte order, and markers page through it exactly."""
+    import psycopg
+
+    from tests.conftest import PG_ADMIN_URL
+    if not PG_ADMIN_URL:
+        pytest.skip("STACKBOX_TEST_PG_URL not set")
+    admin = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    name = f"sbx_icu_{os.urandom(5).hex()}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8' "
+                     "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'")
+        assert conn.execute("SELECT 'a' < 'B' COLLATE \"en-US-x-icu\"").fetchone()[0]
+    url = f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}"
+    try:
+        migrate(url)
+        db = Database(url)
+        svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
+            replicas=1, devices=1, part_power=4)))
+        try:
+            for c in ("b", "B", "a"):
+                svc.create_container(A, c)
+            names = ["a", "B", "é", "Z/1", "_", "z"]
+            for n in names:
+                svc.put_object(A, "a", n, [b"x"])
+            in_bytes = sorted(names, key=lambda n: n.encode())
+            assert [e.name for e in svc.list_objects(A, "a")] == in_bytes
+            assert [e.name for e in svc.list_objects(A, "a", Listing(marker="Z/1"))] == \
+                in_bytes[in_bytes.index("Z/1") + 1:]
+            assert [c.name for c in svc.list_containers(A)] == ["B", "a", "b"]
+        finally:
+            svc.backend.close()
+            db.dispose()
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
