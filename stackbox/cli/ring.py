@@ -120,6 +120,28 @@ def object_locate(args, data_dir: Path) -> int:
     return 0
 
 
+def object_server(args, data_dir: Path) -> int:
+    """Serve this host's devices to the proxies of the ring (objectserver.py)."""
+    import uvicorn
+
+    from stackbox.objectstore.diskfile import DiskFileManager
+    from stackbox.objectstore.objectserver import backend_token, build_app
+    from stackbox.objectstore.remote import parse_address
+    path = ring_path(data_dir)
+    if not path.exists():
+        raise RuntimeError(f"no ring at {path}: copy the proxy's ring file there (the "
+                           f"object server needs its hash prefix and suffix)")
+    ring = Ring.load(str(path))
+    host, port = parse_address(args.bind)
+    devices = args.devices or str(data_dir / "objects")
+    manager = DiskFileManager(devices, hash_prefix=ring.hash_prefix,
+                              hash_suffix=ring.hash_suffix, chunk_size=1024 * 1024)
+    print(f"object server for the devices under {devices} on {host}:{port}", flush=True)
+    uvicorn.run(build_app(manager, backend_token(ring)), host=host, port=port,
+                log_level="warning", access_log=False)
+    return 0
+
+
 def add_parsers(sub, common: argparse.ArgumentParser, run) -> None:
     """Register the commands; `run(fn)` wraps fn(args, data_dir)."""
     ring = sub.add_parser("ring", help="object ring: placement of replicas on devices")
@@ -156,3 +178,10 @@ def add_parsers(sub, common: argparse.ArgumentParser, run) -> None:
     p.add_argument("--handoffs", type=int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=run(object_locate))
+    p = sub.add_parser("object-server", parents=[common],
+                       help="serve this host's object devices to the ring's proxies")
+    p.add_argument("--bind", default="127.0.0.1:6200", help="HOST:PORT to listen on")
+    p.add_argument("--devices", default=None,
+                   help="directory holding the device directories (default: "
+                        "<data_dir>/objects)")
+    p.set_defaults(fn=run(object_server))

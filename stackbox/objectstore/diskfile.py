@@ -247,6 +247,16 @@ class DiskFileManager:
             return Reader(self, fd, path, meta, size)
         raise NotFound("object keeps changing under the reader; retry", field="object")
 
+    def newest(self, device: str, partition: int, account: str, container: str,
+               obj: str) -> tuple[str | None, bool]:
+        """(timestamp of the newest file, whether it is a tombstone); (None,
+        False) when there is no file. What replication compares."""
+        found = _on_disk(self.object_dir(device, partition, account, container, obj))
+        if not found:
+            return None, False
+        stem, ext = os.path.splitext(found[0][2])
+        return stem, ext == ".ts"
+
     def head(self, device: str, partition: int, account: str, container: str,
              obj: str) -> dict:
         with self.open(device, partition, account, container, obj) as reader:

@@ -46,6 +46,8 @@ class Replicator:
         started = time.monotonic()
         for dev in sorted(self.backend.ring.devices.values(), key=lambda d: d.id):
             node = self.backend._node(dev)
+            if node.remote:
+                continue       # the replicator of that host walks its devices
             root = os.path.join(node.manager.devices_root, node.name, "objects")
             if not os.path.isdir(root):
                 continue
@@ -122,9 +124,8 @@ class Replicator:
 
     @staticmethod
     def _has(target: Node, part, account, container, obj, ts: str) -> bool:
-        datadir = target.manager.object_dir(target.name, part, account, container, obj)
-        found = diskfile._on_disk(datadir)
-        return bool(found) and found[0][0] >= diskfile._ticks(ts)
+        newest, _deleted = target.manager.newest(target.name, part, account, container, obj)
+        return newest is not None and diskfile._ticks(newest) >= diskfile._ticks(ts)
 
     def _copy(self, source: Node, target: Node, part, account, container, obj,
               meta: dict) -> None:

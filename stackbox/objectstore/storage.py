@@ -1,11 +1,12 @@
 """The proxy <-> object-server boundary: replicated object I/O over the ring.
 
-`ObjectBackend` is what an object server would expose over HTTP (Swift's
-PUT/GET/HEAD/DELETE on /<device>/<partition>/<a>/<c>/<o> with X-Backend-*
-headers). Today every device is a local directory and the calls are plain
-Python; the methods take and return only names, metadata dicts, timestamps and
-byte chunks, so putting HTTP between this module and service.py changes no
-caller. Nothing here knows about accounts' listings, ACLs or the database.
+`ObjectBackend` places replicas on the ring's devices. A device whose ring
+entry says host "local" is a directory of this process (DiskFileManager); any
+other host is "HOST:PORT" of an object server (objectserver.py), reached over
+its internal HTTP API (PUT/GET/HEAD/DELETE on /<device>/<partition>/<a>/<c>/<o>
+with X-Backend-* headers) through remote.RemoteDevices, which has the same
+methods. The methods take and return only names, metadata dicts, timestamps and
+byte chunks. Nothing here knows about accounts' listings, ACLs or the database.
 
 Placement: the ring gives each name a partition and its primary devices. A
 PUT streams to every primary (a handoff stands in for a primary whose device
@@ -26,6 +27,8 @@ from typing import Iterator
 from stackbox.common.errors import BadRequest, NotFound, ServiceUnavailable, StackboxError
 from stackbox.objectstore.diskfile import DiskFileManager, Reader, Writer
 from stackbox.objectstore.errors import InsufficientStorage, OlderTimestamp
+from stackbox.objectstore.objectserver import backend_token
+from stackbox.objectstore.remote import RemoteDevices, parse_address
 from stackbox.objectstore.ring import Device, Ring
 
 
@@ -41,8 +44,12 @@ def quorum(replicas: int) -> int:
 @dataclass(frozen=True)
 class Node:
     device: Device
-    manager: DiskFileManager
+    manager: DiskFileManager | RemoteDevices
     name: str          # directory name under the manager's root
+
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.manager, RemoteDevices)
 
 
 class ObjectBackend:
@@ -53,6 +60,10 @@ class ObjectBackend:
         self.devices_root = os.path.abspath(devices_root)
         self.chunk_size = chunk_size
         self._managers: dict[str, DiskFileManager] = {}
+        self._remotes: dict[str, RemoteDevices] = {}
+        for dev in ring.devices.values():
+            if dev.host != "local":
+                parse_address(dev.host)     # a bad host fails at start-up, not on a PUT
         self._pool = ThreadPoolExecutor(max_workers=max(8, ring.replicas * 4),
                                         thread_name_prefix="sbx-objio")
         self._lock = threading.Lock()
@@ -62,6 +73,13 @@ class ObjectBackend:
         return self.ring.replicas
 
     def _node(self, dev: Device) -> Node:
+        if dev.host != "local":
+            with self._lock:
+                remote = self._remotes.get(dev.host)
+                if remote is None:
+                    remote = self._remotes[dev.host] = RemoteDevices(
+                        dev.host, backend_token(self.ring))
+            return Node(dev, remote, dev.path)
         # A relative device path is under the devices root; an absolute one is
         # an operator's mount point.
         path = os.path.join(self.devices_root, dev.path)
