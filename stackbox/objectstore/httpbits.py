@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import json
 import re
+import time
 from xml.sax.saxutils import escape, quoteattr
 
 from stackbox.common.errors import BadRequest, StackboxError
@@ -167,8 +169,16 @@ CONTENT_TYPES = {"json": "application/json; charset=utf-8",
                  "plain": "text/plain; charset=utf-8"}
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_seconds(secs: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+
+
 def _lm(entry) -> str:
-    return entry.last_modified.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    """A listing's last_modified (UTC, microseconds) straight from the entry's
+    X-Timestamp string: exact, and no datetime per row (a page has 10,000)."""
+    secs, _, frac = entry.timestamp.partition(".")
+    return f"{_iso_seconds(int(secs))}.{(frac + '000000')[:6]}"
 
 
 def render_objects(entries: list, fmt: str, container: str) -> bytes:

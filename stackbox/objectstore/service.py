@@ -87,6 +87,9 @@ def now_timestamp() -> str:
 
 # --- values handed to the front ends ------------------------------------------
 
+DELIMITER_BATCH = 4     # rows fetched after a delimiter listing jumps past a subdir
+
+
 @dataclass(frozen=True)
 class Listing:
     prefix: str = ""
@@ -455,8 +458,12 @@ class ObjectStoreService:
         (Swift's trick), so a directory of a million objects costs one query."""
         count, marker = 0, listing.marker
         batch = min(max(limit, 1) + 1, 1000)
+        # With a delimiter a fetch may end at its first row (a subdir): ask for
+        # a few rows after each jump and grow while no subdir turns up, so 100
+        # subdirs cost ~100 small queries, not 100 x 1,000 rows.
+        size = min(DELIMITER_BATCH, batch) if listing.delimiter else batch
         while count < limit:
-            rows = fetch(marker, batch)
+            rows = fetch(marker, size)
             if not rows:
                 return
             skipped = False
@@ -480,8 +487,9 @@ class ObjectStoreService:
                 marker = name
                 if count >= limit:
                     return
-            if not skipped and len(rows) < batch:
+            if not skipped and len(rows) < size:
                 return
+            size = min(DELIMITER_BATCH, batch) if skipped else min(size * 4, batch)
 
     def list_objects(self, account: str, container: str, listing: Listing = Listing()) -> list:
         self.container_info(account, container)

@@ -105,3 +105,13 @@ def test_tempurl_signatures():
     with pytest.raises(Unauthorized):
         tempurl.verify(method="GET", path="/v1/AUTH_p/c/other", sig=psig, expires_raw=str(exp),
                        keys=["k"], prefix="dir/")
+
+
+def test_listing_last_modified_is_the_exact_timestamp_in_utc():
+    from stackbox.objectstore.service import ObjectEntry
+    for ts in ("0000000001.00000", "1700000000.12345", "1733350000.99999", "2000000000.00001"):
+        entry = ObjectEntry(name="o", size=1, etag="e", content_type="t", timestamp=ts)
+        secs, frac = ts.split(".")
+        want = dt.datetime.fromtimestamp(int(secs), dt.timezone.utc).replace(
+            microsecond=int(frac) * 10)
+        assert hb._lm(entry) == want.strftime("%Y-%m-%dT%H:%M:%S.%f")

@@ -295,3 +295,25 @@ def test_listings_sort_by_bytes_on_a_postgresql_with_a_natural_language_locale(t
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_delimiter_walk_fetches_few_rows_per_subdir():
+    """100 subdirs of 1,000 names each: the walk jumps past each subdir with a
+    few-row query instead of reading a 1,000-row batch per subdir."""
+    from stackbox.objectstore.service import ObjectStoreService
+    names = sorted(f"d{d:02d}/o{i:04d}" for d in range(100) for i in range(1000)) + ["top"]
+    fetched, prefix = [], ""
+
+    def fetch(marker, n):
+        rows = [(x,) for x in names if x > marker and x.startswith(prefix)][:n]
+        fetched.append(len(rows))
+        return rows
+    got = [name for name, _row in ObjectStoreService._walk(fetch, Listing(delimiter="/"), 10000)]
+    assert got == [f"d{d:02d}/" for d in range(100)] + ["top"]
+    assert sum(fetched) <= 5 * 101, sum(fetched)
+    # without subdirs the batches grow back to full pages
+    fetched.clear()
+    prefix = "d07/"
+    flat = [name for name, _row in ObjectStoreService._walk(fetch, Listing(prefix="d07/",
+                                                                           delimiter="/"), 10000)]
+    assert len(flat) == 1000 and len(fetched) <= 8
