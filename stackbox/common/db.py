@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import uuid
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import DateTime, Engine, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -64,6 +65,18 @@ def make_engine(url: str) -> Engine:
             cur.close()
         return engine
     return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+
+
+def advisory_lock(s, key: str) -> bool:
+    """On PostgreSQL, hold an advisory lock named by `key` until the
+    transaction ends (serialises a count-then-insert across API processes);
+    returns False on other backends, where the caller must lock otherwise."""
+    if s.bind.dialect.name != "postgresql":
+        return False
+    s.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+              {"k": int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big",
+                                   signed=True)})
+    return True
 
 
 class Database:

@@ -7,16 +7,15 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
 import re
 import secrets
 import threading
 import uuid
 from typing import Any, Callable
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 
-from stackbox.common.db import Database, utcnow
+from stackbox.common.db import Database, advisory_lock, utcnow
 from stackbox.common.errors import (BadRequest, Conflict, Forbidden, InvalidState, NotFound)
 from stackbox.common.http.context import RequestContext
 from stackbox.compute import scheduler, states
@@ -126,10 +125,7 @@ class ComputeService:
     # -- helpers ---------------------------------------------------------------------------
     def _lock(self, s, key: str) -> None:
         """Serialise quota checks and claims across API processes."""
-        if s.bind.dialect.name == "postgresql":
-            s.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                      {"k": int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big",
-                                           signed=True)})
+        advisory_lock(s, key)
 
     def _find(self, s, ctx: RequestContext, server_id: str, *, lock: bool = False) -> Server:
         q = select(Server).where(Server.id == server_id)

@@ -8,10 +8,10 @@ import random
 import time
 from typing import Callable, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from stackbox.common.db import Database, utcnow
+from stackbox.common.db import Database, advisory_lock, utcnow
 from stackbox.common.errors import QuotaExceeded
 from stackbox.common.http.context import RequestContext
 from stackbox.network import errors
@@ -144,6 +144,15 @@ class ServiceBase:
         return out
 
     # -- quotas -----------------------------------------------------------------
+    @staticmethod
+    def _serialize(s, key: str) -> None:
+        """Hold a lock on `key` until the transaction ends. PostgreSQL: an
+        advisory lock. SQLite: a write (matching no row) takes the database's
+        write lock now, before the counts are read, instead of at the insert."""
+        if not advisory_lock(s, key):
+            s.execute(update(Quota).where(Quota.project_id == "", Quota.resource == key)
+                      .values(limit=0))
+
     def _limit(self, s, project_id: str, resource: str) -> int:
         q = s.get(Quota, (project_id, resource))
         return q.limit if q is not None else DEFAULT_QUOTAS[resource]
@@ -154,6 +163,9 @@ class ServiceBase:
             model.project_id == project_id)) or 0
 
     def _check_quota(self, s, project_id: str, resource: str, count: int = 1) -> None:
+        """Count and insert under one lock per (project, resource), so creates
+        racing each other cannot all see room for one more."""
+        self._serialize(s, f"network-quota:{project_id}:{resource}")
         limit = self._limit(s, project_id, resource)
         if limit < 0:
             return

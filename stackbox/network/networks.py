@@ -79,6 +79,9 @@ class NetworksMixin(ServiceBase):
             raise errors.InvalidInput(
                 f"Invalid input for provider:physical_network. Reason: {kind} networks "
                 f"have no physical network.", field="provider:physical_network")
+        if kind != "local":
+            # segments are shared by every project: one allocation at a time
+            self._serialize(s, f"network-segment:{kind}")
         taken = select(Network.id).where(Network.network_type == kind)
         if kind == "flat":
             if seg is not None:

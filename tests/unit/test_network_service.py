@@ -10,7 +10,7 @@ import pytest
 
 from stackbox.common.config import Settings
 from stackbox.common.db import Database, migrate
-from stackbox.common.errors import Conflict
+from stackbox.common.errors import Conflict, QuotaExceeded
 from stackbox.common.http.context import RequestContext
 from stackbox.network import hoststate
 from stackbox.network.defaults import ensure_default_networks
@@ -154,3 +154,56 @@ def test_default_networks_are_idempotent(svc):
     assert ensure_default_networks(svc, Settings(), admin_project="padmin",
                                    demo_project="pdemo") == []
     assert len(svc.list_networks(ADMIN)) == 2 and len(svc.list_routers(ADMIN)) == 1
+
+
+def test_concurrent_creates_never_exceed_the_quota(svc):
+    """16 threads race to create security groups (the default group counts
+    too) and ports against small quotas: the limit holds exactly."""
+    n, _sn = _net(svc, cidr="10.2.0.0/24", enable_dhcp=False)
+    svc.update_quota(ADMIN, "pdemo", {"port": 5, "security_group": 4})
+    made, refused, other = [], [], []
+
+    def worker(kind):
+        try:
+            if kind == "port":
+                made.append(svc.create_port(DEMO, {"network_id": n["id"]}))
+            else:
+                made.append(svc.create_security_group(DEMO, {"name": "g"}))
+        except QuotaExceeded as e:
+            refused.append(e)
+        except Exception as e:   # noqa: BLE001 - recorded and asserted below
+            other.append(e)
+    threads = [threading.Thread(target=worker, args=(kind,))
+               for kind in ("port", "security_group") for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not other, other[:3]
+    ports = svc.list_ports(DEMO, network_id=n["id"])
+    groups = svc.list_security_groups(DEMO)
+    assert len(ports) == 5 and len(groups) == 4, (len(ports), len(groups))
+    assert len(refused) == 32 - len(made)
+
+
+def test_concurrent_vxlan_networks_get_distinct_vnis(svc):
+    """Two projects creating VXLAN networks at once never share a VNI."""
+    made, other = [], []
+
+    def worker(ctx):
+        try:
+            made.append(svc.create_network(ctx, {"name": "v",
+                                                 "provider:network_type": "vxlan"}))
+        except Exception as e:   # noqa: BLE001 - recorded and asserted below
+            other.append(e)
+    other_admin = RequestContext(request_id="r", project_id="padmin2",
+                                 roles=("admin", "member", "reader"))
+    threads = [threading.Thread(target=worker, args=(ctx,))
+               for ctx in (ADMIN, other_admin) * 6]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not other, other[:3]
+    vnis = [n["provider:segmentation_id"] for n in made]
+    assert len(vnis) == 12 and len(set(vnis)) == 12, vnis
