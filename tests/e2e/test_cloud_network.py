@@ -17,7 +17,6 @@ from tests.e2e.cloudnet import (DEMO, Undo, guest_loop, host_objects, last_round
                                 outside_namespace, rounds, sh, wait_round, wait_until)
 from tests.e2e.test_debian_guest import FINISH_TIMEOUT, RUNCMD, _keypair, cloud_config
 from tests.e2e.test_debian_guest import MARK as DEBIAN_MARK
-from tests.e2e.test_debian_guest import debian_image  # noqa: F401  (a fixture)
 
 
 @pytest.fixture

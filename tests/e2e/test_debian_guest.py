@@ -55,15 +55,6 @@ def cloud_config(commands: list[str]) -> str:
 USER_DATA = cloud_config(RUNCMD)
 
 
-@pytest.fixture(scope="module")
-def debian_image(guest_cache):
-    if os.geteuid() != 0:
-        pytest.skip("building the debian guest needs root")
-    if QEMU is None:
-        pytest.skip("qemu-system-x86_64 not installed")
-    return build_debian(guest_cache, progress=lambda line: print(line, flush=True))
-
-
 @pytest.fixture
 def guests():
     started: list[Guest] = []
