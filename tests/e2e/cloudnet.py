@@ -131,6 +131,27 @@ def host_objects(*, networks=(), routers=(), router_ports=(), ports=(),
     return out
 
 
+def carrying(ids) -> list[str]:
+    """Every link, namespace, nft table (host and namespaces) and process on
+    the host whose name or command line carries one of `ids`: names by the
+    7 characters every host name keeps, command lines by the full id."""
+    prefixes = [i.replace("-", "")[:7] for i in ids]
+    found = [f"link {n}" for n in host.links() if any(p in n for p in prefixes)]
+    for ns in sorted(host.netns_names()):
+        if any(p in ns for p in prefixes):
+            found.append(f"netns {ns}")
+    found += [f"table {f} {n}" for f, n in host.nft_tables() if any(p in n for p in prefixes)]
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if entry.name.isdigit() and entry.name != str(os.getpid()) and \
+                any(i in argv for i in ids):
+            found.append(f"process {entry.name} {argv.replace(chr(0), ' ')[:120]}")
+    return found
+
+
 # One line per round of the guest loop below.
 ROUND = re.compile(r"STACKBOX-E2E: round=(\d+) gw=(\w+) peer=(\w+)(?: spoof=(\S+))?")
 
