@@ -131,6 +131,16 @@ def host_objects(*, networks=(), routers=(), router_ports=(), ports=(),
     return out
 
 
+def floating_ip_plumbed(router_id: str, address: str) -> bool:
+    """The router's namespace holds `address` on its gateway interface and
+    NATs it."""
+    ns, qg = hoststate.router_namespace(router_id), router.gateway_names(router_id)[1]
+    if ns not in host.netns_names():
+        return False
+    nat = host.nft_table_text("ip", router.NAT_TABLE, ns) or ""
+    return f"{address}/32" in host.addresses(qg, ns) and "dnat to" in nat and address in nat
+
+
 def carrying(ids) -> list[str]:
     """Every link, namespace, nft table (host and namespaces) and process on
     the host whose name or command line carries one of `ids`: names by the

@@ -18,9 +18,9 @@ import uuid
 import pytest
 
 from tests.api.test_compute_cli import console, wait_console, wait_status
-from tests.e2e.cloudnet import (DEMO, Undo, carrying, guest_loop, host_objects,
-                                last_round, outside_namespace, rounds, sh, wait_ping,
-                                wait_round, wait_until)
+from tests.e2e.cloudnet import (DEMO, Undo, carrying, floating_ip_plumbed, guest_loop,
+                                host_objects, last_round, outside_namespace, rounds, sh,
+                                wait_ping, wait_round, wait_until)
 from tests.e2e.test_debian_guest import FINISH_TIMEOUT, RUNCMD, _keypair, cloud_config
 from tests.e2e.test_debian_guest import MARK as DEBIAN_MARK
 
@@ -103,11 +103,17 @@ def test_deleting_everything_leaves_nothing_on_the_host(cloud):
         # Everything exists first, so "nothing left" below cannot pass vacuously.
         wait_until(lambda: all(host_objects(**ids).values()), timeout=90,
                    what=f"every host object of the topology: {host_objects(**ids)}")
+        address = fip["floating_ip_address"]
+        wait_until(lambda: floating_ip_plumbed(router["id"], address), timeout=60,
+                   what=f"{address} on the router's gateway and in its NAT table")
         every_id = [net["id"], subnet["id"], router["id"], router_port, port, server["id"],
                     fip["id"]]
         assert carrying(every_id)
 
         cloud.openstack("server", "delete", "--wait", server["id"], cloud=DEMO, as_json=False)
+        # The server's port is gone, so its floating IP is no longer NATed.
+        wait_until(lambda: not floating_ip_plumbed(router["id"], address), timeout=60,
+                   what=f"{address} unplumbed once its server is deleted")
         cloud.openstack("floating", "ip", "delete", fip["id"], cloud=DEMO, as_json=False)
         cloud.openstack("router", "remove", "subnet", router["id"], subnet["id"], cloud=DEMO,
                         as_json=False)
