@@ -20,6 +20,7 @@ from tests.api.test_compute_cli import console
 
 DEMO = "stackbox-demo"
 OUTSIDE_IP = "172.24.4.250"          # on the default public subnet 172.24.4.0/24
+STRANGER_IP = "172.24.4.251"         # a second outside address, for "still filtered"
 
 
 def sh(*argv, check=True, timeout=60) -> subprocess.CompletedProcess:
@@ -36,7 +37,8 @@ def outside_namespace(public_bridge: str):
     try:
         sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
         sh("ip", "link", "set", veth, "master", public_bridge, "up")
-        sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{OUTSIDE_IP}/24", "dev", "eth0")
+        for address in (OUTSIDE_IP, STRANGER_IP):
+            sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", "eth0")
         sh("ip", "netns", "exec", ns, "ip", "link", "set", "eth0", "up")
         sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
         yield ns
@@ -57,8 +59,9 @@ def wait_until(predicate, *, timeout: float, what: str, interval: float = 1.0):
         time.sleep(interval)
 
 
-def pings(ns: str, address: str) -> bool:
-    return sh("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", address,
+def pings(ns: str, address: str, *, source: str | None = None) -> bool:
+    src = ["-I", source] if source else []
+    return sh("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", *src, address,
               check=False).returncode == 0
 
 

@@ -24,9 +24,9 @@ from stackbox.network.agent import dhcp_veth
 from stackbox.network.linux import host
 from tests.api.test_compute_cli import wait_console, wait_status
 from tests.conftest import Cloud
-from tests.e2e.cloudnet import (DEMO, OUTSIDE_IP, Undo, dnsmasq_pids, in_namespace,
-                                outside_namespace, qemu_pids, sh, wait_ping,
-                                wait_until)
+from tests.e2e.cloudnet import (DEMO, OUTSIDE_IP, STRANGER_IP, Undo, dnsmasq_pids,
+                                in_namespace, outside_namespace, pings, qemu_pids, sh,
+                                wait_ping, wait_until)
 
 REPAIR_TIMEOUT = 60      # the agent passes every 5 s; a loaded machine is slow
 
@@ -71,7 +71,8 @@ class Served:
 @pytest.fixture(scope="module")
 def served(own_cloud, tmp_path_factory):
     """A tiny server on `private` (demo project) with a floating IP; its
-    group lets the outside namespace ping it and log in."""
+    group lets the outside namespace's first address ping it and log in;
+    its second address (a stranger) is dropped."""
     if shutil.which("ssh") is None:
         pytest.skip("openssh-client not installed")
     c, tag = own_cloud, uuid.uuid4().hex[:6]
@@ -100,7 +101,14 @@ def served(own_cloud, tmp_path_factory):
         router = c.openstack("router", "show", "router1", cloud=DEMO)["id"]
         s = Served(c, server, port, network, router, fip["floating_ip_address"], key, outside)
         wait_ping(outside, s.fip)
+        _still_filtered(s)
         yield s
+
+
+def _still_filtered(s: Served) -> None:
+    """The group still decides: a source it does not allow is dropped."""
+    assert not pings(s.outside, s.fip, source=STRANGER_IP), \
+        f"{STRANGER_IP} may not ping {s.fip}: its security group allows only {OUTSIDE_IP}"
 
 
 def _dhcp_answers(s: Served) -> None:
@@ -134,6 +142,9 @@ def test_deleted_bridge_is_rebuilt(served):
                            for name in (tap, dhcp_veth(s.network))),
                timeout=REPAIR_TIMEOUT, what=f"{bridge} rebuilt with {tap} plugged")
     print(f"floating IP answers {wait_ping(s.outside, s.fip):.1f} s after the repair")
+    _still_filtered(s)
+    _dhcp_answers(s)
+    _wait_metadata(s)
 
 
 def test_killed_dnsmasq_is_restarted(served):
@@ -147,6 +158,7 @@ def test_killed_dnsmasq_is_restarted(served):
     assert len(dnsmasq_pids(s.network)) == 1, dnsmasq_pids(s.network)
     _dhcp_answers(s)
     wait_ping(s.outside, s.fip)
+    _still_filtered(s)
 
 
 def test_deleted_router_namespace_is_rebuilt(served):
@@ -158,6 +170,7 @@ def test_deleted_router_namespace_is_rebuilt(served):
     # NAT for the floating IP and the metadata listener are back in it.
     wait_ping(s.outside, s.fip, timeout=REPAIR_TIMEOUT)
     _wait_metadata(s)
+    _still_filtered(s)
 
 
 def test_killed_stackbox_leaves_the_workloads_running_and_adopts_them(served):
@@ -184,3 +197,4 @@ def test_killed_stackbox_leaves_the_workloads_running_and_adopts_them(served):
     assert dnsmasq_pids(s.network) == dnsmasq, "the running dnsmasq is adopted"
     _dhcp_answers(s)
     wait_ping(s.outside, s.fip, timeout=30)
+    _still_filtered(s)
