@@ -1,8 +1,9 @@
 """Faults through a started stackbox (a cloud of this module's own, since
 one test kills it): a server on `private` with a floating IP answers an
 `outside` namespace on the public bridge; then its network's bridge is
-deleted, its dnsmasq killed, its router's namespace deleted, and stackbox
-itself killed with SIGKILL and started again. Each time the network agent's
+deleted, its dnsmasq killed, its DHCP and router namespaces and its port's
+nft tables deleted, and stackbox itself killed with SIGKILL and started
+again. Each time the network agent's
 next pass (inside the stackbox process) puts the host back, and the server
 is reachable again. Host object names come from the agent's own helpers."""
 
@@ -21,7 +22,7 @@ import pytest
 
 from stackbox.network import hoststate
 from stackbox.network.agent import dhcp_veth
-from stackbox.network.linux import host
+from stackbox.network.linux import host, secgroup
 from tests.api.test_compute_cli import wait_console, wait_status
 from tests.conftest import Cloud
 from tests.e2e.cloudnet import (DEMO, OUTSIDE_IP, STRANGER_IP, Undo, dnsmasq_pids,
@@ -159,6 +160,30 @@ def test_killed_dnsmasq_is_restarted(served):
     _dhcp_answers(s)
     wait_ping(s.outside, s.fip)
     _still_filtered(s)
+
+
+def test_deleted_dhcp_namespace_is_rebuilt(served):
+    s = served
+    ns = hoststate.dhcp_namespace(s.network)
+    [old] = dnsmasq_pids(s.network)
+    sh("ip", "netns", "del", ns)     # dnsmasq keeps running in the orphaned namespace
+    wait_until(lambda: ns in host.netns_names() and
+               [p for p in dnsmasq_pids(s.network) if in_namespace(p, ns)],
+               timeout=REPAIR_TIMEOUT, what=f"{ns} made again with a dnsmasq in it")
+    assert old not in dnsmasq_pids(s.network), "the orphaned dnsmasq is replaced"
+    assert len(dnsmasq_pids(s.network)) == 1, dnsmasq_pids(s.network)
+    _dhcp_answers(s)
+
+
+def test_deleted_port_tables_are_restored(served):
+    s = served
+    table = secgroup.table_name(s.port)
+    for family in ("bridge", "inet"):
+        sh("nft", "delete", "table", family, table)
+    wait_until(lambda: {("bridge", table), ("inet", table)} <= host.nft_tables(),
+               timeout=REPAIR_TIMEOUT, what=f"the tables {table} restored")
+    _still_filtered(s)
+    wait_ping(s.outside, s.fip)
 
 
 def test_deleted_router_namespace_is_rebuilt(served):
