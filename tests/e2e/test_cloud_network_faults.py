@@ -22,10 +22,10 @@ import pytest
 
 from stackbox.network import hoststate
 from stackbox.network.agent import dhcp_veth
-from stackbox.network.linux import host, secgroup
+from stackbox.network.linux import dhcp, host, secgroup
 from tests.api.test_compute_cli import wait_console, wait_status
 from tests.conftest import Cloud
-from tests.e2e.cloudnet import (DEMO, OUTSIDE_IP, STRANGER_IP, Undo, dnsmasq_pids,
+from tests.e2e.cloudnet import (DEMO, OUTSIDE_IP, STRANGER_IP, Undo, carrying, dnsmasq_pids,
                                 in_namespace, outside_namespace, pings, qemu_pids, sh,
                                 wait_ping, wait_until)
 
@@ -223,3 +223,16 @@ def test_killed_stackbox_leaves_the_workloads_running_and_adopts_them(served):
     _dhcp_answers(s)
     wait_ping(s.outside, s.fip, timeout=30)
     _still_filtered(s)
+
+
+def test_down_purge_leaves_nothing_of_the_cloud(served):
+    """Last in the module: `stackbox down --purge` stops the cloud and
+    removes all it runs on the host, its directory under /run included."""
+    s, c = served, served.cloud
+    ids = [s.server, s.port, s.network, s.router]
+    ids += [p["ID"] for p in c.openstack("port", "list", "--router", s.router, cloud=DEMO)]
+    runtime = dhcp.default_runtime_dir(c.data_dir / "network")
+    assert carrying(ids) and runtime.is_dir()
+    c.stackbox("down", "--purge")
+    assert carrying(ids) == []
+    assert not runtime.exists(), sorted(str(p) for p in runtime.rglob("*"))
