@@ -408,6 +408,7 @@ class NetworkAgent:
                 for table in secgroup.existing_tables():
                     self.ledger.add("tables", table)
             self._collect(_Keep(), report)
+            self.dnsmasq.remove_runtime_dir()
             self.ledger.save()
             return report
 

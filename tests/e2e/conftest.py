@@ -42,6 +42,17 @@ def tiny_image(guest_cache):
     return build_tiny(guest_cache, progress=lambda line: print(line, flush=True))
 
 
+@pytest.fixture(scope="session")
+def debian_image(guest_cache):
+    from stackbox.guest.debian import build_debian
+    from tests.e2e.guests import QEMU
+    if os.geteuid() != 0:
+        pytest.skip("building the debian guest needs root")
+    if QEMU is None:
+        pytest.skip("qemu-system-x86_64 not installed")
+    return build_debian(guest_cache, progress=lambda line: print(line, flush=True))
+
+
 @pytest.fixture
 def workdir():
     import tempfile

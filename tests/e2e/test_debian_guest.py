@@ -44,17 +44,15 @@ RUNCMD = [
     "for i in $(seq 60); do systemctl -q is-active ssh && break; sleep 1; done; "
     f'echo "{MARK} sshd $(systemctl is-active ssh) keys=$(ls /etc/ssh/ | grep -c _key.pub)"',
 ]
-USER_DATA = "#cloud-config\nruncmd:\n" + "".join(
-    f"  - {json.dumps(cmd + ' > /dev/console')}\n" for cmd in RUNCMD)
 
 
-@pytest.fixture(scope="module")
-def debian_image(guest_cache):
-    if os.geteuid() != 0:
-        pytest.skip("building the debian guest needs root")
-    if QEMU is None:
-        pytest.skip("qemu-system-x86_64 not installed")
-    return build_debian(guest_cache, progress=lambda line: print(line, flush=True))
+def cloud_config(commands: list[str]) -> str:
+    """#cloud-config user data running `commands`, their output on the console."""
+    return "#cloud-config\nruncmd:\n" + "".join(
+        f"  - {json.dumps(cmd + ' > /dev/console')}\n" for cmd in commands)
+
+
+USER_DATA = cloud_config(RUNCMD)
 
 
 @pytest.fixture

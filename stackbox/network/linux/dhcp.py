@@ -199,6 +199,13 @@ def _read(path: Path) -> str | None:
 RUNTIME_ROOT = Path("/run/stackbox")
 
 
+def default_runtime_dir(state_dir: Path) -> Path:
+    """The agent's directory under /run: one per state dir, so agents of
+    several clouds on one host never share files."""
+    digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
+    return RUNTIME_ROOT / digest
+
+
 class Dnsmasq:
     """The dnsmasq processes of one agent, found again through their pid
     files (a restarted agent adopts them; they outlive it)."""
@@ -210,8 +217,7 @@ class Dnsmasq:
         # 0700 data dir is common): they live under /run/stackbox/<id of
         # the state dir>/, one directory per agent, rebuilt every pass.
         if runtime_dir is None:
-            digest = hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
-            runtime_dir = RUNTIME_ROOT / digest
+            runtime_dir = default_runtime_dir(state_dir)
         for path in (runtime_dir.parent, runtime_dir):
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o755)
@@ -282,6 +288,17 @@ class Dnsmasq:
     def stop(self, network_id: str) -> None:
         self._kill(network_id)
         shutil.rmtree(self.directory(network_id), ignore_errors=True)
+
+    def remove_runtime_dir(self) -> None:
+        """Remove this agent's directories under /run once no network has
+        files there (the agent is being cleaned up: nothing may stay)."""
+        for path in (self.root, self.root.parent):
+            try:
+                path.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return          # not empty: a network still has its files
 
     def known(self) -> set[str]:
         """Network ids with a state directory (running or not)."""
