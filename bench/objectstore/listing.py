@@ -19,6 +19,7 @@ removes everything it made.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import shutil
 import sqlite3
@@ -31,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.objectstore.run import Stackbox, pct  # noqa: E402
+from bench.objectstore.common import Stackbox, pct  # noqa: E402
 
 DIRS = 100
 
@@ -71,6 +72,22 @@ def cases(count: int) -> dict[str, str]:
         "end_marker window": f"?format=json&marker={name(10)}&end_marker={name(2010)}",
         "text listing, 100": "?limit=100",
     }
+
+
+class Client:
+    """One keep-alive connection to a started benchmark Stackbox."""
+
+    def __init__(self, box: Stackbox):
+        self.box = box
+        self.account_path = box.storage_path
+
+    def conn(self, timeout=120):
+        return http.client.HTTPConnection("127.0.0.1", self.box.port, timeout=timeout)
+
+    def req(self, conn, method, path, body=None):
+        conn.request(method, path, body=body, headers={"X-Auth-Token": self.box.token})
+        r = conn.getresponse()
+        return r, r.read()
 
 
 def measure(target, path: str, repeat: int) -> dict:
@@ -121,7 +138,8 @@ def main(argv=None) -> int:
     box = Stackbox(root, 1)
     report = {}
     try:
-        target = box.start()
+        box.start()
+        target = Client(box)
         account = target.account_path.rstrip("/").rsplit("/", 1)[1]
         for count in counts:
             container = f"big{count}"

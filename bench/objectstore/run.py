@@ -2,18 +2,22 @@
 """Object storage benchmark: stackbox's Swift API beside real OpenStack Swift.
 
     .venv/bin/python bench/objectstore/run.py [--rounds 3] [--n 2000] [-c 16]
-        [--large-n 3] [--large-mib 64] [--big-gib 5] [--no-peer]
+        [--large-n 3] [--large-mib 64] [--big-gib 5] [--replicas 1 3] [--no-peer]
 
-Starts its own stackbox (temporary data dir, free loopback ports, 3 replicas)
-and, unless --no-peer, the Swift 2.30 peer from ../shared/peers/swift (start.sh,
-tempauth; policy r1 = 1 replica, r3 = 3 replicas) under its own base dir and
-ports. Both are driven by the same client: one keep-alive http.client
-connection per thread. Rounds interleave the systems (the machine is shared);
-the table shows medians over rounds.
+Starts one stackbox per replica count (temporary data dirs, free loopback
+ports; default 1 and 3 replicas) and, unless --no-peer, the Swift 2.30 peer
+from ../shared/peers/swift (start.sh, tempauth; policy r1 = 1 replica, r3 = 3
+replicas) under its own base dir and ports. Like is compared with like:
+stackbox-r1 with swift-r1, stackbox-r3 with swift-r3. All are driven by the
+same client: one keep-alive http.client connection per thread. Rounds
+interleave the systems (the machine is shared); the table shows medians, and
+server CPU per request (from /proc), which moves much less with other load.
 
-Phases: 4 KiB PUT/GET/DELETE at concurrency c (ops/s, p50/p99 ms); 64 MiB
-PUT/GET one stream (MB/s, GET md5-checked); and stackbox's RSS sampled while
-one --big-gib object streams in and out (it must stay flat). Loopback only.
+Phases: 4 KiB PUT/GET/DELETE at concurrency c (ops/s, p50/p99 ms, server CPU
+ms/op); 64 MiB PUT/GET one stream (MB/s, GET md5-checked); the disk's own
+speed in the same run (dd 1 GiB write + fdatasync, O_DIRECT read, as the
+peer's baseline.sh); and the RSS of the 1-replica stackbox sampled while one
+--big-gib object streams in and out (it must stay flat). Loopback only.
 """
 
 from __future__ import annotations
@@ -22,46 +26,28 @@ import argparse
 import hashlib
 import http.client
 import itertools
-import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-PEER_DIR = ROOT.parent.parent / "shared" / "peers" / "swift"
-if not PEER_DIR.exists():
-    PEER_DIR = Path("/work/shared/peers/swift")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(vals, q):
-    if not vals:
-        return float("nan")
-    return vals[min(len(vals) - 1, max(0, int(round(q / 100 * len(vals))) - 1))]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (Peer, Stackbox, cpu_seconds, disk_speed, load_average, pct,  # noqa: E402
+                    ratios)
 
 
 class Target:
     """One system under test: a storage URL path, a token, a host:port."""
 
-    def __init__(self, name, host, port, account_path, token, headers=None, pid=None):
-        self.name, self.host, self.port = name, host, port
+    def __init__(self, name, port, account_path, token, *, pgids, headers=None, pid=None):
+        self.name, self.host, self.port = name, "127.0.0.1", port
         self.account_path, self.token = account_path, token
         self.container_headers = headers or {}
+        self.pgids = pgids      # the server's process groups, for its CPU per request
         self.pid = pid
 
     def conn(self, timeout=120):
@@ -73,82 +59,6 @@ class Target:
         conn.request(method, path, body=body, headers=h)
         r = conn.getresponse()
         return r, r.read()
-
-
-# --- stackbox ---------------------------------------------------------------
-
-class Stackbox:
-    def __init__(self, root: Path, replicas: int):
-        self.root = root
-        self.data = root / "data"
-        self.ports = {"identity": free_port(), "image": free_port(),
-                      "object_store": free_port()}
-        self.config = root / "stackbox.toml"
-        self.config.write_text(
-            f"[identity]\nport = {self.ports['identity']}\n"
-            f"[image]\nport = {self.ports['image']}\n"
-            f"[object_store]\nport = {self.ports['object_store']}\nreplicas = {replicas}\n"
-            f"devices = {max(3, replicas)}\n")
-
-    def _cli(self, *args):
-        return subprocess.run([str(VENV_BIN / "stackbox"), *args, "--config", str(self.config),
-                               "--data-dir", str(self.data)], capture_output=True, text=True,
-                              timeout=120, check=True)
-
-    def start(self) -> Target:
-        self._cli("up", "--detach")
-        import yaml
-        clouds = yaml.safe_load((self.data / "clouds.yaml").read_text())["clouds"]
-        password = clouds["stackbox"]["auth"]["password"]
-        body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
-            "name": "admin", "domain": {"id": "default"}, "password": password}}},
-            "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}}
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.ports['identity']}/v3/auth/tokens",
-            data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            token = r.headers["X-Subject-Token"]
-            catalog = json.loads(r.read())["token"]["catalog"]
-        url = next(e["url"] for s in catalog if s["type"] == "object-store"
-                   for e in s["endpoints"] if e["interface"] == "public")
-        pid = int((self.data / "stackbox.pid").read_text())
-        return Target("stackbox", "127.0.0.1", self.ports["object_store"],
-                      urllib.parse.urlsplit(url).path, token, pid=pid)
-
-    def stop(self):
-        try:
-            self._cli("down")
-        except subprocess.CalledProcessError:
-            pass
-
-
-# --- the Swift peer ------------------------------------------------------------
-
-class Peer:
-    def __init__(self, base: Path):
-        self.base = base
-        self.env = dict(os.environ, PEER_SWIFT_BASE=str(base),
-                        SWIFT_PROXY_PORT=str(free_port()), SWIFT_OBJ_PORT=str(free_port()),
-                        SWIFT_CONT_PORT=str(free_port()), SWIFT_ACC_PORT=str(free_port()),
-                        SWIFT_MC_PORT=str(free_port()))
-        self.port = int(self.env["SWIFT_PROXY_PORT"])
-
-    def start(self) -> list[Target]:
-        subprocess.run([str(PEER_DIR / "start.sh")], env=self.env, check=True, timeout=300,
-                       capture_output=True)
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        c.request("GET", "/auth/v1.0", headers={"X-Auth-User": "test:tester",
-                                                 "X-Auth-Key": "testing"})
-        r = c.getresponse()
-        r.read()
-        token = r.getheader("X-Auth-Token")
-        path = urllib.parse.urlsplit(r.getheader("X-Storage-Url")).path
-        return [Target(f"swift-{p}", "127.0.0.1", self.port, path, token,
-                       headers={"X-Storage-Policy": p}) for p in ("r1", "r3")]
-
-    def stop(self):
-        subprocess.run([str(PEER_DIR / "stop.sh"), "--purge"], env=self.env, timeout=120,
-                       capture_output=True)
 
 
 # --- phases ---------------------------------------------------------------------
@@ -214,10 +124,12 @@ def small(t: Target, n, conc, size) -> dict:
         return r.status == 204
 
     out = {}
+    pgids = t.pgids()
     for name, op in (("PUT", put), ("GET", get), ("DELETE", delete)):
+        cpu0 = cpu_seconds(pgids)
         wall, lats, errs = run_threads(n, conc, op)
         out[name] = {"ops": n / wall, "p50": 1000 * pct(lats, 50), "p99": 1000 * pct(lats, 99),
-                     "errors": errs}
+                     "errors": errs, "cpu_ms": 1000 * (cpu_seconds(pgids) - cpu0) / n}
     c.close()
     t.req(t.conn(), "DELETE", cont)      # the first connection idled past keep-alive
     return out
@@ -230,13 +142,17 @@ def large(t: Target, count, mib) -> dict:
     assert r.status in (201, 202), r.status
     body = bytearray(os.urandom(mib << 20))
     puts, gets = [], []
+    pgids, cpu = t.pgids(), {"PUT": 0.0, "GET": 0.0}
     for i in range(count):
         body[:8] = i.to_bytes(8, "big")
         data = bytes(body)
         md5 = hashlib.md5(data).hexdigest()
+        cpu0 = cpu_seconds(pgids)
         t0 = time.perf_counter()
         r, _ = t.req(c, "PUT", f"{cont}/big{i}", data, {"ETag": md5})
         puts.append(time.perf_counter() - t0)
+        cpu1 = cpu_seconds(pgids)
+        cpu["PUT"] += cpu1 - cpu0
         assert r.status == 201, r.status
         del data
         t0 = time.perf_counter()
@@ -249,11 +165,15 @@ def large(t: Target, count, mib) -> dict:
                 break
             h.update(chunk)
         gets.append(time.perf_counter() - t0)
+        cpu["GET"] += cpu_seconds(pgids) - cpu1
         assert resp.status == 200 and h.hexdigest() == md5
         t.req(c, "DELETE", f"{cont}/big{i}")
     t.req(c, "DELETE", cont)
     mb = (mib << 20) / 1e6
-    return {"PUT": mb / statistics.median(puts), "GET": mb / statistics.median(gets)}
+    return {"PUT": mb / statistics.median(puts), "GET": mb / statistics.median(gets),
+            # server CPU per MiB moved: robust where MB/s is not on a busy machine
+            "PUT_cpu": 1000 * cpu["PUT"] / (count * mib),
+            "GET_cpu": 1000 * cpu["GET"] / (count * mib)}
 
 
 def rss_kib(pid) -> int:
@@ -327,67 +247,98 @@ def main(argv=None) -> int:
     ap.add_argument("--large-n", type=int, default=3)
     ap.add_argument("--large-mib", type=int, default=64)
     ap.add_argument("--big-gib", type=float, default=5.0)
-    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--replicas", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--no-peer", action="store_true")
     a = ap.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="sbx-bench-os-"))
-    (root / "stackbox").mkdir()
-    sbx = Stackbox(root / "stackbox", a.replicas)
+    boxes = [Stackbox(root / f"stackbox-r{r}", r) for r in a.replicas]
     peer = None if a.no_peer else Peer(root / "peer")
-    targets = []
+    print(f"start {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {load_average()}",
+          flush=True)
     try:
-        targets.append(sbx.start())
+        disk = disk_speed(root)
+        print(f"disk (dd 1 GiB): write+fdatasync {disk['write_fdatasync_MBps']:.0f} MB/s, "
+              f"O_DIRECT read {disk['read_direct_MBps']:.0f} MB/s", flush=True)
+        targets = []
+        for box in boxes:
+            box.start()
+            targets.append(Target(box.name, box.port, box.storage_path, box.token,
+                                  pgids=box.pgids, pid=box.pid))
         if peer:
-            targets += peer.start()
+            peer.start()
+            targets += [Target(f"swift-{p}", peer.port, peer.storage_path, peer.token,
+                               pgids=peer.pgids, headers={"X-Storage-Policy": p})
+                        for p in ("r1", "r3")]
         results = {t.name: {"small": [], "large": []} for t in targets}
         for rnd in range(a.rounds):
             order = targets if rnd % 2 == 0 else list(reversed(targets))
+            print(f"round {rnd + 1}: load average {load_average()}", flush=True)
             for t in order:
                 s = small(t, a.n, a.c, a.size)
                 results[t.name]["small"].append(s)
-                print(f"round {rnd + 1} {t.name:<9} small " + "  ".join(
+                print(f"round {rnd + 1} {t.name:<11} small " + "  ".join(
                     f"{k} {v['ops']:.0f}/s p50 {v['p50']:.1f} p99 {v['p99']:.1f} "
-                    f"err {v['errors']}" for k, v in s.items()), flush=True)
+                    f"cpu {v['cpu_ms']:.2f} err {v['errors']}" for k, v in s.items()),
+                    flush=True)
             for t in order:
                 lg = large(t, a.large_n, a.large_mib)
                 results[t.name]["large"].append(lg)
-                print(f"round {rnd + 1} {t.name:<9} {a.large_mib} MiB PUT {lg['PUT']:.0f} MB/s"
-                      f" GET {lg['GET']:.0f} MB/s", flush=True)
-        print(f"\nmedians over {a.rounds} rounds; {a.size} B objects, n={a.n}, c={a.c}; "
-              f"stackbox replicas={a.replicas}")
-        print(f"{'system':<10} {'PUT/s':>7} {'p50':>6} {'p99':>6} {'GET/s':>7} {'p50':>6} "
-              f"{'p99':>6} {'DEL/s':>7} {'p50':>6} {'p99':>6} {'64MiB PUT':>10} {'GET MB/s':>9}")
-        med = {}
-        for name, r in results.items():
-            row = {}
-            for op in ("PUT", "GET", "DELETE"):
-                for k in ("ops", "p50", "p99"):
-                    row[op, k] = statistics.median(s[op][k] for s in r["small"])
-            row["LPUT"] = statistics.median(x["PUT"] for x in r["large"])
-            row["LGET"] = statistics.median(x["GET"] for x in r["large"])
-            med[name] = row
-            print(f"{name:<10} " + " ".join(
-                f"{row[op, 'ops']:>7.0f} {row[op, 'p50']:>6.1f} {row[op, 'p99']:>6.1f}"
-                for op in ("PUT", "GET", "DELETE")) +
-                f" {row['LPUT']:>10.0f} {row['LGET']:>9.0f}")
-        for peer_name in ("swift-r1", "swift-r3"):
-            if peer_name in med:
-                ratios = " ".join(f"{op} {med['stackbox'][op, 'ops'] / med[peer_name][op, 'ops']:.1f}x"
-                                  for op in ("PUT", "GET", "DELETE"))
-                print(f"stackbox vs {peer_name}: {ratios}")
+                print(f"round {rnd + 1} {t.name:<11} {a.large_mib} MiB PUT {lg['PUT']:.0f} MB/s"
+                      f" (cpu {lg['PUT_cpu']:.1f} ms/MiB) GET {lg['GET']:.0f} MB/s"
+                      f" (cpu {lg['GET_cpu']:.1f} ms/MiB)", flush=True)
+        disk_end = disk_speed(root)
+        print(f"disk again (dd 1 GiB): write+fdatasync {disk_end['write_fdatasync_MBps']:.0f} "
+              f"MB/s, O_DIRECT read {disk_end['read_direct_MBps']:.0f} MB/s")
+        report(results, a, [disk, disk_end])
         if a.big_gib > 0:
             b = big_stream(targets[0], a.big_gib)
-            print(f"\nstackbox streaming one {b['gib']:g} GiB object: RSS before "
+            print(f"\n{targets[0].name} streaming one {b['gib']:g} GiB object: RSS before "
                   f"{b['rss_before_mib']:.0f} MiB, max during PUT {b['rss_max_put_mib']:.0f} MiB,"
                   f" max overall {b['rss_max_mib']:.0f} MiB; PUT {b['put_MBps']:.0f} MB/s, "
                   f"GET {b['get_MBps']:.0f} MB/s")
+        print(f"end {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {load_average()}")
     finally:
-        sbx.stop()
+        for box in boxes:
+            box.stop()
         if peer:
             peer.stop()
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def report(results: dict, a, disks: list[dict]) -> None:
+    print(f"\nmedians over {a.rounds} rounds; {a.size} B objects, n={a.n}, c={a.c} "
+          f"(cpu: server CPU ms per request)")
+    print(f"{'system':<11} {'PUT/s':>6} {'p50':>6} {'p99':>6} {'cpu':>5} {'GET/s':>6} {'p50':>6} "
+          f"{'p99':>6} {'cpu':>5} {'DEL/s':>6} {'p50':>6} {'p99':>6} {'cpu':>5} "
+          f"{a.large_mib:>3}MiB PUT {'GET MB/s':>8}")
+    med = {}
+    for name, r in results.items():
+        row = {(op, k): statistics.median(s[op][k] for s in r["small"])
+               for op in ("PUT", "GET", "DELETE") for k in ("ops", "p50", "p99", "cpu_ms")}
+        for k in ("PUT", "GET", "PUT_cpu", "GET_cpu"):
+            row["L" + k] = statistics.median(x[k] for x in r["large"])
+        med[name] = row
+        print(f"{name:<11} " + " ".join(
+            f"{row[op, 'ops']:>6.0f} {row[op, 'p50']:>6.1f} {row[op, 'p99']:>6.1f} "
+            f"{row[op, 'cpu_ms']:>5.2f}" for op in ("PUT", "GET", "DELETE")) +
+            f" {row['LPUT']:>10.0f} {row['LGET']:>8.0f}")
+    print(f"server CPU per MiB of {a.large_mib} MiB objects: " + ", ".join(
+        f"{name} PUT {row['LPUT_cpu']:.1f} / GET {row['LGET_cpu']:.1f} ms"
+        for name, row in med.items()))
+    for mine, theirs, line in ratios(med, a.replicas):
+        print(line + f"; {a.large_mib} MiB PUT {med[mine]['LPUT'] / med[theirs]['LPUT']:.2f}x "
+              f"GET {med[mine]['LGET'] / med[theirs]['LGET']:.2f}x")
+    w = statistics.median(d["write_fdatasync_MBps"] for d in disks)
+    rd = statistics.median(d["read_direct_MBps"] for d in disks)
+    for name, row in med.items():
+        if name.startswith("stackbox"):
+            print(f"{name} vs the disk (dd write+fdatasync {w:.0f} MB/s, O_DIRECT read "
+                  f"{rd:.0f} MB/s): {a.large_mib} MiB PUT {row['LPUT'] / w:.2f}x, "
+                  f"GET {row['LGET'] / rd:.2f}x" +
+                  (" (3 replicas write 3x the bytes to this one disk)"
+                   if name != "stackbox-r1" else ""))
 
 
 if __name__ == "__main__":

@@ -2,77 +2,46 @@
 """S3 API benchmark: stackbox's S3 beside real OpenStack Swift's s3api.
 
     .venv/bin/python bench/objectstore/s3.py [--rounds 3] [--n 2000] [-c 16]
-        [--size 4096] [--replicas 3] [--large-n 2] [--large-mib 64] [--no-peer]
+        [--size 4096] [--replicas 1 3] [--large-n 2] [--large-mib 64] [--no-peer]
 
-Starts its own stackbox (temporary data dir, free loopback ports) with EC2
-credentials made through the identity API, and, unless --no-peer, the Swift
-2.30 peer from ../shared/peers/swift (start.sh; s3api with tempauth's
-test:tester/testing; its default policy has 1 replica). Both are driven by the
+Starts one stackbox per replica count (temporary data dirs, free loopback
+ports) with EC2 credentials made through the identity API, and, unless
+--no-peer, the Swift 2.30 peer from ../shared/peers/swift (start.sh; s3api
+with tempauth's test:tester/testing). S3 cannot choose a storage policy, so
+the peer's 3-replica buckets are made as Swift containers in policy r3 first;
+its default policy (r1) has 1 replica. Like is compared with like:
+stackbox-r1 with swift-r1, stackbox-r3 with swift-r3. All are driven by the
 same client: one boto3 client per thread, path-style, SigV4, the CRC32
 checksum turned off as in the peer's own bench client. Rounds interleave the
-systems (the machine is shared) and the table shows medians. Loopback only.
+systems (the machine is shared) and the table shows medians, with server CPU
+per request from /proc. Loopback only.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-VENV_BIN = Path(sys.executable).parent
-PEER_DIR = Path(__file__).resolve().parents[2].parent.parent / "shared" / "peers" / "swift"
-if not PEER_DIR.exists():
-    PEER_DIR = Path("/work/shared/peers/swift")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(vals, q):
-    if not vals:
-        return float("nan")
-    return vals[min(len(vals) - 1, max(0, int(round(q / 100 * len(vals))) - 1))]
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pgids: set[int]) -> float:
-    """utime+stime of every process in the given process groups."""
-    total = 0.0
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                st = f.read()
-        except OSError:
-            continue
-        fields = st[st.rindex(")") + 2:].split()
-        if int(fields[2]) in pgids:
-            total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Peer, Stackbox, cpu_seconds, load_average, pct, ratios  # noqa: E402
 
 
 class Target:
-    def __init__(self, name, url, access, secret, region, pgids=lambda: set()):
+    def __init__(self, name, url, access, secret, region, *, pgids, make_bucket=None):
         self.name, self.url, self.access, self.secret, self.region = (
             name, url, access, secret, region)
         self.pgids = pgids    # the server's process groups, for its CPU per request
+        # how a bucket is made: CreateBucket, or (the peer's r3) a Swift PUT
+        self.make_bucket = make_bucket or (lambda client, bucket:
+                                           client.create_bucket(Bucket=bucket))
 
     def client(self):
         import boto3
@@ -84,89 +53,6 @@ class Target:
         return boto3.session.Session().client(
             "s3", endpoint_url=self.url, aws_access_key_id=self.access,
             aws_secret_access_key=self.secret, region_name=self.region, config=cfg)
-
-
-def _post_json(url, body, token=None):
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["X-Auth-Token"] = token
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return r.headers, json.loads(r.read())
-
-
-class Stackbox:
-    def __init__(self, root: Path, replicas: int):
-        self.root = root
-        self.data = root / "data"
-        self.ports = {"identity": free_port(), "image": free_port(),
-                      "object_store": free_port()}
-        self.config = root / "stackbox.toml"
-        self.config.write_text(
-            f"[identity]\nport = {self.ports['identity']}\n"
-            f"[image]\nport = {self.ports['image']}\n"
-            f"[object_store]\nport = {self.ports['object_store']}\nreplicas = {replicas}\n"
-            f"devices = {max(3, replicas)}\n")
-
-    def _cli(self, *args):
-        return subprocess.run([str(VENV_BIN / "stackbox"), *args, "--config", str(self.config),
-                               "--data-dir", str(self.data)], capture_output=True, text=True,
-                              timeout=120, check=True)
-
-    def start(self) -> Target:
-        import yaml
-        self._cli("up", "--detach")
-        clouds = yaml.safe_load((self.data / "clouds.yaml").read_text())["clouds"]
-        password = clouds["stackbox"]["auth"]["password"]
-        auth = f"http://127.0.0.1:{self.ports['identity']}/v3"
-        headers, body = _post_json(f"{auth}/auth/tokens", {"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": "admin", "domain": {"id": "default"}, "password": password}}},
-            "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}})
-        token = headers["X-Subject-Token"]
-        user, project = body["token"]["user"]["id"], body["token"]["project"]["id"]
-        _, cred = _post_json(f"{auth}/users/{user}/credentials/OS-EC2",
-                             {"tenant_id": project}, token)
-        cred = cred["credential"]
-        pid = int((self.data / "stackbox.pid").read_text())
-        return Target("stackbox", f"http://127.0.0.1:{self.ports['object_store']}",
-                      cred["access"], cred["secret"], "RegionOne",
-                      pgids=lambda: {os.getpgid(pid)})
-
-    def stop(self):
-        try:
-            self._cli("down")
-        except subprocess.CalledProcessError:
-            pass
-
-
-class Peer:
-    def __init__(self, base: Path):
-        self.base = base
-        self.env = dict(os.environ, PEER_SWIFT_BASE=str(base),
-                        SWIFT_PROXY_PORT=str(free_port()), SWIFT_OBJ_PORT=str(free_port()),
-                        SWIFT_CONT_PORT=str(free_port()), SWIFT_ACC_PORT=str(free_port()),
-                        SWIFT_MC_PORT=str(free_port()))
-        self.port = int(self.env["SWIFT_PROXY_PORT"])
-
-    def start(self) -> Target:
-        subprocess.run([str(PEER_DIR / "start.sh")], env=self.env, check=True, timeout=300,
-                       capture_output=True)
-        return Target("swift-s3api", f"http://127.0.0.1:{self.port}", "test:tester",
-                      "testing", "us-east-1", pgids=self.pgids)
-
-    def pgids(self) -> set[int]:
-        out = set()
-        for f in (self.base / "run").glob("*.pid"):
-            try:
-                out.add(int(f.read_text().strip()))
-            except ValueError:
-                pass
-        return out
-
-    def stop(self):
-        subprocess.run([str(PEER_DIR / "stop.sh"), "--purge"], env=self.env, timeout=120,
-                       capture_output=True)
 
 
 def run_threads(clients, n, op):
@@ -205,7 +91,7 @@ def run_threads(clients, n, op):
 def small(t: Target, n, conc, size) -> dict:
     clients = [t.client() for _ in range(conc)]
     bucket = f"s3bench-{int(time.time() * 1000)}"
-    clients[0].create_bucket(Bucket=bucket)
+    t.make_bucket(clients[0], bucket)
     for c in clients:                 # warm each connection pool outside the timing
         c.head_bucket(Bucket=bucket)
     payload = [os.urandom(size) for _ in range(n)]
@@ -239,7 +125,7 @@ def large(t: Target, count: int, mib: int) -> dict:
     import hashlib
     c = t.client()
     bucket = f"s3bench-large-{int(time.time() * 1000)}"
-    c.create_bucket(Bucket=bucket)
+    t.make_bucket(c, bucket)
     body = bytearray(os.urandom(mib << 20))
     puts, gets = [], []
     for i in range(count):
@@ -268,25 +154,38 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("-c", type=int, default=16)
     ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--replicas", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--large-n", type=int, default=2, help="0 skips the large objects")
     ap.add_argument("--large-mib", type=int, default=64)
     ap.add_argument("--no-peer", action="store_true")
     a = ap.parse_args(argv)
 
     root = Path(tempfile.mkdtemp(prefix="sbx-bench-s3-"))
-    (root / "stackbox").mkdir()
-    sbx = Stackbox(root / "stackbox", a.replicas)
+    boxes = [Stackbox(root / f"stackbox-r{r}", r) for r in a.replicas]
     peer = None if a.no_peer else Peer(root / "peer")
     targets: list[Target] = []
+    print(f"start {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {load_average()}",
+          flush=True)
     try:
-        targets.append(sbx.start())
+        for box in boxes:
+            box.start()
+            access, secret = box.ec2_credentials()
+            targets.append(Target(box.name, f"http://127.0.0.1:{box.port}", access, secret,
+                                  "RegionOne", pgids=box.pgids))
         if peer:
-            targets.append(peer.start())
+            peer.start()
+            url = f"http://127.0.0.1:{peer.port}"
+            targets.append(Target("swift-r1", url, "test:tester", "testing", "us-east-1",
+                                  pgids=peer.pgids))
+            if 3 in a.replicas:
+                targets.append(Target("swift-r3", url, "test:tester", "testing", "us-east-1",
+                                      pgids=peer.pgids, make_bucket=lambda _c, bucket:
+                                      peer.create_container(bucket, "r3")))
         results: dict[str, list] = {t.name: [] for t in targets}
         larges: dict[str, list] = {t.name: [] for t in targets}
         for rnd in range(a.rounds):
             order = targets if rnd % 2 == 0 else list(reversed(targets))
+            print(f"round {rnd + 1}: load average {load_average()}", flush=True)
             for t in order:
                 s = small(t, a.n, a.c, a.size)
                 results[t.name].append(s)
@@ -300,35 +199,39 @@ def main(argv=None) -> int:
                 larges[t.name].append(lg)
                 print(f"round {rnd + 1} {t.name:<11} {a.large_mib} MiB PUT {lg['PUT']:.0f} MB/s "
                       f"GET {lg['GET']:.0f} MB/s", flush=True)
-        print(f"\nS3 via boto3, medians over {a.rounds} rounds; {a.size} B objects, n={a.n}, "
-              f"c={a.c}; stackbox replicas={a.replicas}, peer replicas=1")
-        print("(cpu: server CPU ms per request; the machine is shared, so ops/s move with "
-              "other load and cpu ms/op much less)")
-        print(f"{'system':<12} {'PUT/s':>7} {'p50':>6} {'p99':>6} {'cpu':>5} {'GET/s':>7} "
-              f"{'p50':>6} {'p99':>6} {'cpu':>5} {'DEL/s':>7} {'p50':>6} {'p99':>6} {'cpu':>5}")
-        med = {}
-        for name, runs in results.items():
-            row = {(op, k): statistics.median(r[op][k] for r in runs)
-                   for op in ("PUT", "GET", "DELETE") for k in ("ops", "p50", "p99", "cpu_ms")}
-            med[name] = row
-            print(f"{name:<12} " + " ".join(
-                f"{row[op, 'ops']:>7.0f} {row[op, 'p50']:>6.1f} {row[op, 'p99']:>6.1f} "
-                f"{row[op, 'cpu_ms']:>5.2f}" for op in ("PUT", "GET", "DELETE")))
-        for name, runs in larges.items():
-            if runs:
-                print(f"{name:<12} {a.large_mib} MiB one stream: PUT "
-                      f"{statistics.median(r['PUT'] for r in runs):.0f} MB/s, GET "
-                      f"{statistics.median(r['GET'] for r in runs):.0f} MB/s")
-        if "swift-s3api" in med:
-            print("stackbox vs swift-s3api: " + " ".join(
-                f"{op} {med['stackbox'][op, 'ops'] / med['swift-s3api'][op, 'ops']:.1f}x"
-                for op in ("PUT", "GET", "DELETE")))
+        report(results, larges, a)
+        print(f"end {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {load_average()}")
     finally:
-        sbx.stop()
+        for box in boxes:
+            box.stop()
         if peer:
             peer.stop()
         shutil.rmtree(root, ignore_errors=True)
     return 0
+
+
+def report(results: dict, larges: dict, a) -> None:
+    print(f"\nS3 via boto3, medians over {a.rounds} rounds; {a.size} B objects, n={a.n}, "
+          f"c={a.c}")
+    print("(cpu: server CPU ms per request; the machine is shared, so ops/s move with "
+          "other load and cpu ms/op much less)")
+    print(f"{'system':<12} {'PUT/s':>7} {'p50':>6} {'p99':>6} {'cpu':>5} {'GET/s':>7} "
+          f"{'p50':>6} {'p99':>6} {'cpu':>5} {'DEL/s':>7} {'p50':>6} {'p99':>6} {'cpu':>5}")
+    med = {}
+    for name, runs in results.items():
+        row = {(op, k): statistics.median(r[op][k] for r in runs)
+               for op in ("PUT", "GET", "DELETE") for k in ("ops", "p50", "p99", "cpu_ms")}
+        med[name] = row
+        print(f"{name:<12} " + " ".join(
+            f"{row[op, 'ops']:>7.0f} {row[op, 'p50']:>6.1f} {row[op, 'p99']:>6.1f} "
+            f"{row[op, 'cpu_ms']:>5.2f}" for op in ("PUT", "GET", "DELETE")))
+    for name, runs in larges.items():
+        if runs:
+            print(f"{name:<12} {a.large_mib} MiB one stream: PUT "
+                  f"{statistics.median(r['PUT'] for r in runs):.0f} MB/s, GET "
+                  f"{statistics.median(r['GET'] for r in runs):.0f} MB/s")
+    for _mine, _theirs, line in ratios(med, a.replicas):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from stackbox.objectstore import service as S
 from stackbox.objectstore.errors import (EntityTooLarge, InsufficientStorage, PreconditionFailed,
                                          Quarantined, Unprocessable)
 from stackbox.objectstore.service import Listing, ObjectStoreService
+from stackbox.objectstore.streams import read_ahead
 
 SMALL = 256 * 1024              # objects up to this size are sent in one piece
 SWIFT_VERSION = "2.30.0"        # the API level /info claims (Debian 12's Swift)
@@ -495,8 +496,8 @@ class SwiftApi:
             finally:
                 o.close()
             return Response(data, status_code=status, headers=headers)
-        return StreamingResponse(_closing(iterate(start, end), o), status_code=status,
-                                 headers=headers)
+        return StreamingResponse(read_ahead(iterate(start, end), close=o.close),
+                                 status_code=status, headers=headers)
 
     def _multirange(self, o, headers, ranges, size, iterate):
         boundary = uuid.uuid4().hex
@@ -514,7 +515,8 @@ class SwiftApi:
             yield tail
         headers["Content-Type"] = f"multipart/byteranges;boundary={boundary}"
         headers["Content-Length"] = str(length)
-        return StreamingResponse(_closing(body(), o), status_code=206, headers=headers)
+        return StreamingResponse(read_ahead(body(), close=o.close), status_code=206,
+                                 headers=headers)
 
     @staticmethod
     def _object_headers(info: S.ObjectInfo) -> dict:
@@ -676,13 +678,6 @@ def _slice(pieces: list[tuple[str, str, int]], start: int, end: int):
             out.append((container, name, lo - pos, hi - pos))
         pos += size
     return out
-
-
-def _closing(chunks, o):
-    try:
-        yield from chunks
-    finally:
-        o.close()
 
 
 def build_app(svc: ObjectStoreService, *, validator):

@@ -56,5 +56,5 @@ def build_service(db: Database, settings) -> ObjectStoreService:
     ring = ensure_ring(settings.data_dir, replicas=cfg.replicas, devices=cfg.devices,
                        part_power=cfg.part_power)
     backend = ObjectBackend(ring, str(devices_root(settings.data_dir)),
-                            chunk_size=256 * 1024)
+                            chunk_size=1024 * 1024)
     return ObjectStoreService(db, backend)

@@ -35,6 +35,8 @@ Who may do what: authorize(caller, account, container, write=, listing=, referre
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -44,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterable, Iterable, Iterator
 
 import anyio
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from stackbox.common.db import Database
 from stackbox.common.errors import (BadRequest, Conflict, Forbidden, NotFound, QuotaExceeded,
@@ -75,6 +77,25 @@ RESELLER_ROLES = ("ResellerAdmin",)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 CONTAINER_CACHE_SECONDS = 5.0
 WRITE_BUFFER = 1024 * 1024        # bytes gathered before a hop to the write thread
+
+
+class _SQL:
+    """The per-PUT/DELETE listing statements, built once: SQLAlchemy then
+    reuses their cache keys and compiled forms instead of rebuilding both on
+    every request (that was about 1 ms of CPU per PUT)."""
+    _c = (Container.account == bindparam("a"), Container.name == bindparam("c"))
+    _o = (Object.account == bindparam("a"), Object.container == bindparam("c"),
+          Object.name == bindparam("n"))
+    touch = update(Container).where(*_c).values(object_count=Container.object_count)
+    count = update(Container).where(*_c).values(
+        object_count=Container.object_count + bindparam("dc"),
+        bytes_used=Container.bytes_used + bindparam("db"))
+    row = select(Object.size, Object.timestamp).where(*_o)
+    insert_row = insert(Object)
+    update_row = update(Object).where(*_o).values(
+        {c: bindparam("v_" + c) for c in ("size", "etag", "content_type", "timestamp",
+                                          "delete_at", "slo")})
+    delete_row = delete(Object).where(*_o)
 
 
 def account_for(project_id: str) -> str:
@@ -330,6 +351,8 @@ class ObjectStoreService:
         self.reseller_roles = reseller_roles
         self._containers: dict[tuple[str, str], tuple[float, ContainerInfo]] = {}
         self._cache_lock = threading.Lock()
+        self._listing_lock = (threading.Lock() if db.engine.dialect.name == "sqlite"
+                              else contextlib.nullcontext())
         self._accounts: dict[str, tuple[float, int | None]] = {}
 
     # -- authorization -------------------------------------------------------
@@ -687,9 +710,10 @@ class ObjectStoreService:
 
     async def put_object_async(self, account: str, container: str, name: str,
                                chunks: AsyncIterable[bytes], **kw) -> ObjectInfo:
-        """put_object for an async stream (a request body). Small bodies cost
-        one worker-thread hop in all; large ones one hop per WRITE_BUFFER."""
-        buf = bytearray()
+        """put_object for an async stream (a request body). A small body costs
+        one worker-thread hop in all. A large one is written WRITE_BUFFER at a
+        time in a worker thread while the event loop receives the next buffer
+        (one write in flight, so memory stays at about two buffers)."""
         state: dict = {}
 
         def start():
@@ -714,17 +738,30 @@ class ObjectStoreService:
             return self._finish_put(state["w"], state["info"], name, **{
                 k: v for k, v in kw.items() if k != "if_none_match"})
 
+        parts: list[bytes] = []
+        held = 0
+        writing: asyncio.Future | None = None
         try:
             async for chunk in chunks:
-                buf += chunk
-                if len(buf) >= WRITE_BUFFER:
-                    data = bytes(buf)
-                    buf.clear()
-                    await anyio.to_thread.run_sync(flush, data)
-            return await anyio.to_thread.run_sync(finish, bytes(buf))
+                parts.append(chunk)
+                held += len(chunk)
+                if held >= WRITE_BUFFER:
+                    data = b"".join(parts)
+                    parts.clear()
+                    held = 0
+                    if writing is not None:
+                        await writing        # the previous buffer is on its way to disk
+                    writing = asyncio.ensure_future(anyio.to_thread.run_sync(flush, data))
+            if writing is not None:
+                await writing
+                writing = None
+            return await anyio.to_thread.run_sync(finish, b"".join(parts))
         except BaseException:
-            if "w" in state:
-                with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
+                if writing is not None:
+                    # let the write in flight end before the upload is discarded
+                    await asyncio.gather(writing, return_exceptions=True)
+                if "w" in state:
                     await anyio.to_thread.run_sync(state["w"].abort)
             raise
 
@@ -765,32 +802,36 @@ class ObjectStoreService:
         """The listing row and the container counters, in one transaction.
         The first statement writes, so SQLite takes its write lock at once
         (two readers upgrading to writers would fail with 'database locked').
-        Core statements, not the ORM: this runs on every PUT."""
-        c_key = (Container.account == obj.account, Container.name == obj.container)
-        o_key = (Object.account == obj.account, Object.container == obj.container,
-                 Object.name == obj.name)
+        Prebuilt Core statements, not the ORM: this runs on every PUT."""
+        key = {"a": obj.account, "c": obj.container, "n": obj.name}
         values = {"size": obj.size, "etag": obj.etag, "content_type": obj.content_type,
                   "timestamp": obj.timestamp, "delete_at": obj.delete_at, "slo": obj.slo}
-        with self.db.engine.begin() as conn:
-            found = conn.execute(update(Container).where(*c_key).values(
-                object_count=Container.object_count)).rowcount
-            if not found:
+        with self._writing() as conn:
+            if not conn.execute(_SQL.touch, key).rowcount:
                 raise NotFound(f"container {obj.container} was deleted during the upload",
                                field="container")
-            old = conn.execute(select(Object.size, Object.timestamp).where(*o_key)).first()
+            old = conn.execute(_SQL.row, key).first()
             if old is not None and old.timestamp >= obj.timestamp:
                 return
             if old is None:
-                conn.execute(insert(Object).values(account=obj.account,
-                                                   container=obj.container, name=obj.name,
-                                                   **values))
+                conn.execute(_SQL.insert_row, dict(values, account=obj.account,
+                                                   container=obj.container, name=obj.name))
                 dc, db_ = 1, obj.size
             else:
-                conn.execute(update(Object).where(*o_key).values(**values))
+                conn.execute(_SQL.update_row,
+                             dict(key, **{"v_" + k: v for k, v in values.items()}))
                 dc, db_ = 0, obj.size - old.size
-            conn.execute(update(Container).where(*c_key).values(
-                object_count=Container.object_count + dc,
-                bytes_used=Container.bytes_used + db_))
+            conn.execute(_SQL.count, dict(key, dc=dc, db=db_))
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A write transaction on the listings. On SQLite one writer at a time
+        in this process waits on a lock, not in SQLite's busy handler (which
+        sleeps 1, 2, 5, 10... ms between tries, so 16 concurrent PUTs queued
+        for tens of ms); the database file lock still guards other processes."""
+        with self._listing_lock:
+            with self.db.engine.begin() as conn:
+                yield conn
 
     def post_object(self, account: str, container: str, name: str, *,
                     meta: dict | None = None, content_type: str | None = None,
@@ -895,18 +936,14 @@ class ObjectStoreService:
             raise NotFound(f"object {name} not found", field="object")
 
     def _unrecord(self, account: str, container: str, name: str, ts: str) -> bool:
-        c_key = (Container.account == account, Container.name == container)
-        o_key = (Object.account == account, Object.container == container, Object.name == name)
-        with self.db.engine.begin() as conn:
-            conn.execute(update(Container).where(*c_key).values(
-                object_count=Container.object_count))      # take the write lock first
-            old = conn.execute(select(Object.size, Object.timestamp).where(*o_key)).first()
+        key = {"a": account, "c": container, "n": name}
+        with self._writing() as conn:
+            conn.execute(_SQL.touch, key)      # take the write lock first
+            old = conn.execute(_SQL.row, key).first()
             if old is None or old.timestamp >= ts:
                 return False
-            conn.execute(delete(Object).where(*o_key))
-            conn.execute(update(Container).where(*c_key).values(
-                object_count=Container.object_count - 1,
-                bytes_used=Container.bytes_used - old.size))
+            conn.execute(_SQL.delete_row, key)
+            conn.execute(_SQL.count, dict(key, dc=-1, db=-old.size))
             return True
 
     def expire(self, now: float | None = None, *, limit: int = 1000) -> int:

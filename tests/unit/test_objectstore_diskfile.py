@@ -288,3 +288,17 @@ def test_reap_tmp(mgr, tmp_path):
     assert mgr.reap_tmp(DEV, older_than=-1) == 1
     assert os.listdir(tmp_path / DEV / "tmp") == []
     w.abort()      # tolerates its temp file being gone already
+
+
+def test_big_upload_starts_writeback_and_commits_intact(mgr, monkeypatch):
+    calls = []
+    real = diskfile._sync_file_range
+    monkeypatch.setattr(diskfile, "WRITEBACK_EVERY", 1 << 20)
+    monkeypatch.setattr(diskfile, "_sync_file_range",
+                        lambda fd, off, n, flags: calls.append((off, n)) or
+                        (real(fd, off, n, flags) if real else 0))
+    data = os.urandom(3 << 20)
+    meta = put(mgr, data, chunk=512 << 10)
+    assert calls == [(0, 1 << 20), (1 << 20, 1 << 20), (2 << 20, 1 << 20)]
+    assert meta["etag"] == hashlib.md5(data).hexdigest()
+    assert get(mgr) == data

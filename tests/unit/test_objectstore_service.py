@@ -317,3 +317,52 @@ def test_delimiter_walk_fetches_few_rows_per_subdir():
     flat = [name for name, _row in ObjectStoreService._walk(fetch, Listing(prefix="d07/",
                                                                            delimiter="/"), 10000)]
     assert len(flat) == 1000 and len(fetched) <= 8
+
+
+def test_large_async_put_is_pipelined_and_counts_overwrites(svc, tmp_path):
+    """Bodies over WRITE_BUFFER are written while the next buffer arrives;
+    the data, etag and counters must be exactly those of the whole body."""
+    svc.create_container(A, "c")
+    parts = [os.urandom(300_000) for _ in range(12)]       # ~3.4 buffers
+
+    async def body(chunks):
+        for p in chunks:
+            await asyncio.sleep(0)
+            yield p
+    info = asyncio.run(svc.put_object_async(A, "c", "big", body(parts)))
+    whole = b"".join(parts)
+    assert info.size == len(whole) and info.etag == hashlib.md5(whole).hexdigest()
+    with svc.open_object(A, "c", "big") as o:
+        assert o.read() == whole
+    asyncio.run(svc.put_object_async(A, "c", "big", body([b"short"])))
+    c = svc.container_info(A, "c", cached=False)
+    assert (c.object_count, c.bytes_used) == (1, 5)
+    svc.delete_object(A, "c", "big")
+    c = svc.container_info(A, "c", cached=False)
+    assert (c.object_count, c.bytes_used) == (0, 0)
+
+
+def test_large_async_put_failing_mid_stream_leaves_nothing(svc, tmp_path):
+    svc.create_container(A, "c")
+
+    async def body():
+        for _ in range(5):
+            yield b"y" * 700_000
+        raise ConnectionError("client went away")
+    with pytest.raises(ConnectionError):
+        asyncio.run(svc.put_object_async(A, "c", "gone", body()))
+    assert _files(tmp_path / "objects") == []
+    assert _files(tmp_path / "objects", ".tmp") == []
+    with pytest.raises(NotFound):
+        svc.head_object(A, "c", "gone")
+    assert svc.container_info(A, "c", cached=False).object_count == 0
+
+
+def test_fan_out_runs_every_replica_and_keeps_order(svc):
+    import threading
+    seen = {}
+    out = svc.backend.fan_out(lambda x: seen.setdefault(x, threading.get_ident()) and x * 2,
+                              [1, 2, 3])
+    assert out == [2, 4, 6] and len(seen) == 3
+    assert seen[1] == threading.get_ident()     # the first runs in the caller's thread
+    assert seen[2] != seen[1] and seen[3] != seen[1]

@@ -1,0 +1,225 @@
+"""What the object-store benchmarks share: the systems under test (a stackbox
+per replica count, the Swift 2.30 peer), server CPU from /proc, the disk's
+own speed measured in the same run, and the load average.
+
+Loopback only: every URL is 127.0.0.1 and every port a free local one.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+VENV_BIN = Path(sys.executable).parent
+PEER_DIR = Path(__file__).resolve().parents[2].parent.parent / "shared" / "peers" / "swift"
+if not PEER_DIR.exists():
+    PEER_DIR = Path("/work/shared/peers/swift")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(vals, q):
+    if not vals:
+        return float("nan")
+    return vals[min(len(vals) - 1, max(0, int(round(q / 100 * len(vals))) - 1))]
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def cpu_seconds(pgids: set[int]) -> float:
+    """utime+stime of every process in the given process groups."""
+    total = 0.0
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rindex(")") + 2:].split()
+        if int(fields[2]) in pgids:
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
+def ratios(med: dict, replicas) -> list[tuple[str, str, str]]:
+    """(stackbox-rN, swift-rN, "ops/s and CPU ratios") for each replica count
+    both ran: like is compared with like."""
+    out = []
+    for r in replicas:
+        mine, theirs = f"stackbox-r{r}", f"swift-r{r}"
+        if mine in med and theirs in med:
+            out.append((mine, theirs, f"{mine} vs {theirs}: " + " ".join(
+                f"{op} {med[mine][op, 'ops'] / med[theirs][op, 'ops']:.1f}x "
+                f"(cpu {med[theirs][op, 'cpu_ms'] / med[mine][op, 'cpu_ms']:.1f}x less)"
+                for op in ("PUT", "GET", "DELETE"))))
+    return out
+
+
+def _post_json(url, body, token=None):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["X-Auth-Token"] = token
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.headers, json.loads(r.read())
+
+
+class Stackbox:
+    """One stackbox with its own data dir and ports; `replicas` sets the
+    default ring (and at least 3 device directories, as `stackbox up` makes)."""
+
+    def __init__(self, root: Path, replicas: int):
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.replicas = root, replicas
+        self.name = f"stackbox-r{replicas}"
+        self.data = root / "data"
+        self.ports = {k: free_port() for k in ("identity", "image", "object_store", "compute",
+                                               "console", "network")}
+        self.config = root / "stackbox.toml"
+        # every port free, so that several benchmark clouds (and a colleague's
+        # cloud on the default ports) can run at once; no VMs are booted here
+        self.config.write_text(
+            f"[identity]\nport = {self.ports['identity']}\n"
+            f"[image]\nport = {self.ports['image']}\n"
+            f"[compute]\nport = {self.ports['compute']}\n"
+            f"console_port = {self.ports['console']}\ndriver = \"noop\"\n"
+            f"[network]\nport = {self.ports['network']}\ndefault_networks = false\n"
+            f"[object_store]\nport = {self.ports['object_store']}\nreplicas = {replicas}\n"
+            f"devices = {max(3, replicas)}\n")
+        self.token = self.storage_path = self.pid = None
+        self.user = self.project = None
+
+    def _cli(self, *args):
+        return subprocess.run([str(VENV_BIN / "stackbox"), *args, "--config", str(self.config),
+                               "--data-dir", str(self.data)], capture_output=True, text=True,
+                              timeout=120, check=True)
+
+    @property
+    def identity(self) -> str:
+        return f"http://127.0.0.1:{self.ports['identity']}/v3"
+
+    def start(self) -> None:
+        import yaml
+        self._cli("up", "--detach")
+        clouds = yaml.safe_load((self.data / "clouds.yaml").read_text())["clouds"]
+        password = clouds["stackbox"]["auth"]["password"]
+        headers, body = _post_json(f"{self.identity}/auth/tokens", {"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "admin", "domain": {"id": "default"}, "password": password}}},
+            "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}})
+        self.token = headers["X-Subject-Token"]
+        self.user, self.project = body["token"]["user"]["id"], body["token"]["project"]["id"]
+        url = next(e["url"] for s in body["token"]["catalog"] if s["type"] == "object-store"
+                   for e in s["endpoints"] if e["interface"] == "public")
+        self.storage_path = urllib.parse.urlsplit(url).path
+        self.pid = int((self.data / "stackbox.pid").read_text())
+
+    def ec2_credentials(self) -> tuple[str, str]:
+        _, cred = _post_json(f"{self.identity}/users/{self.user}/credentials/OS-EC2",
+                             {"tenant_id": self.project}, self.token)
+        return cred["credential"]["access"], cred["credential"]["secret"]
+
+    @property
+    def port(self) -> int:
+        return self.ports["object_store"]
+
+    def pgids(self) -> set[int]:
+        return {os.getpgid(self.pid)}
+
+    def stop(self) -> None:
+        # --purge: nothing this cloud made on the host (namespaces, bridges,
+        # dnsmasq) outlives the benchmark
+        try:
+            self._cli("down", "--purge")
+        except subprocess.CalledProcessError:
+            pass
+
+
+class Peer:
+    """The Swift 2.30 peer (../shared/peers/swift), on its own base dir and
+    free ports; tempauth test:tester/testing; policies r1 (default) and r3."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.env = dict(os.environ, PEER_SWIFT_BASE=str(base),
+                        SWIFT_PROXY_PORT=str(free_port()), SWIFT_OBJ_PORT=str(free_port()),
+                        SWIFT_CONT_PORT=str(free_port()), SWIFT_ACC_PORT=str(free_port()),
+                        SWIFT_MC_PORT=str(free_port()))
+        self.port = int(self.env["SWIFT_PROXY_PORT"])
+        self.token = self.storage_path = None
+
+    def start(self) -> None:
+        subprocess.run([str(PEER_DIR / "start.sh")], env=self.env, check=True, timeout=300,
+                       capture_output=True)
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        c.request("GET", "/auth/v1.0", headers={"X-Auth-User": "test:tester",
+                                                 "X-Auth-Key": "testing"})
+        r = c.getresponse()
+        r.read()
+        self.token = r.getheader("X-Auth-Token")
+        self.storage_path = urllib.parse.urlsplit(r.getheader("X-Storage-Url")).path
+
+    def create_container(self, name: str, policy: str) -> None:
+        """A container in the given storage policy (s3api then uses it as a
+        bucket: S3 has no way to choose a policy)."""
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        c.request("PUT", f"{self.storage_path}/{name}",
+                  headers={"X-Auth-Token": self.token, "X-Storage-Policy": policy})
+        r = c.getresponse()
+        r.read()
+        assert r.status in (201, 202), r.status
+
+    def pgids(self) -> set[int]:
+        out = set()
+        for f in (self.base / "run").glob("*.pid"):
+            try:
+                out.add(int(f.read_text().strip()))
+            except ValueError:
+                pass
+        return out
+
+    def stop(self) -> None:
+        subprocess.run([str(PEER_DIR / "stop.sh"), "--purge"], env=self.env, timeout=120,
+                       capture_output=True)
+
+
+def disk_speed(directory: Path) -> dict:
+    """The disk under `directory`, as the peer's baseline.sh measures it: dd
+    of 1 GiB of random data (from /dev/shm) with conv=fdatasync, then the
+    same file read back with iflag=direct."""
+    shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else directory
+    src, f = shm / f"sbx-bench-rand-{os.getpid()}", directory / "dd-test"
+    try:
+        with open(src, "wb") as w:
+            for _ in range(16):
+                w.write(os.urandom(64 << 20))
+
+        def dd(*args) -> float:
+            out = subprocess.run(["dd", *args], capture_output=True, text=True, timeout=300,
+                                 check=True).stderr.strip().splitlines()[-1]
+            # "1073741824 bytes (1.1 GB, 1.0 GiB) copied, 2.6 s, 411 MB/s"
+            return int(out.split()[0]) / 1e6 / float(out.split(", ")[-2].split()[0])
+        write = dd(f"if={src}", f"of={f}", "bs=1M", "count=1024", "conv=fdatasync")
+        read = dd(f"if={f}", "of=/dev/null", "bs=1M", "iflag=direct")
+        return {"write_fdatasync_MBps": write, "read_direct_MBps": read}
+    finally:
+        for p in (src, f):
+            p.unlink(missing_ok=True)
