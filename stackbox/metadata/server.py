@@ -84,6 +84,10 @@ class MetadataServer:
                  lookup_workers: int = 2, lookup_in_thread: bool = True):
         self._lookup = lookup
         self._async_lookup = inspect.iscoroutinefunction(lookup)
+        # lookup.many(network_id, ips) -> {ip: InstanceMetadata}, when the
+        # lookup has it: a batch of queued lookups then costs a few queries
+        # instead of a few per instance (the cold path of a boot storm).
+        self._many = None if self._async_lookup else getattr(lookup, "many", None)
         self.cache_seconds = cache_seconds
         self.negative_cache_seconds = negative_cache_seconds
         self.require_token = require_token
@@ -253,6 +257,8 @@ class MetadataServer:
         return docs
 
     def _lookup_many(self, keys: list[tuple[str, str]]) -> list:
+        if self._many is not None:
+            return self._lookup_batched(keys)
         outcomes: list = []
         for key in keys:
             try:
@@ -261,6 +267,24 @@ class MetadataServer:
                 log.exception("metadata lookup failed for network %s ip %s", *key)
                 outcomes.append(e)
         return outcomes
+
+    def _lookup_batched(self, keys: list[tuple[str, str]]) -> list:
+        """One `lookup.many` call per network among `keys`; an address it
+        does not return has no instance (None)."""
+        by_network: dict[str, list[str]] = {}
+        for network_id, ip in keys:
+            by_network.setdefault(network_id, []).append(ip)
+        found: dict[tuple[str, str], object] = {}
+        for network_id, ips in by_network.items():
+            try:
+                answer = self._many(network_id, ips)
+            except Exception as e:
+                log.exception("metadata lookup failed for network %s (%d addresses)",
+                              network_id, len(ips))
+                found.update(((network_id, ip), e) for ip in ips)
+                continue
+            found.update(((network_id, ip), answer.get(ip)) for ip in ips)
+        return [found[key] for key in keys]
 
     def _finish(self, key: tuple[str, str], outcome) -> None:
         future = self._pending.pop(key, None)

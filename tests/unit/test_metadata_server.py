@@ -366,3 +366,64 @@ def test_refresh_of_an_unchanged_instance_reuses_the_documents(monkeypatch):
         assert r.server.stats["lookups"] >= 3 and len(builds) == 1
     finally:
         r.stop()
+
+
+class _BatchSource:
+    """A lookup with `many`: the first call waits at a gate so that the
+    other first requests queue up behind it."""
+
+    def __init__(self, *, fail: bool = False):
+        self.calls: list[tuple[str, list[str]]] = []
+        self.gate = threading.Event()
+        self.fail = fail
+
+    def __call__(self, network_id, ip):
+        raise AssertionError("queued lookups must go through many()")
+
+    def many(self, network_id, ips):
+        self.calls.append((network_id, list(ips)))
+        self.gate.wait(10)
+        if self.fail:
+            raise RuntimeError("database down")
+        return {ip: _inst(f"uuid-{ip}", ip, f"key-{ip}") for ip in ips if ip != STRANGER}
+
+
+def _storm(source: _BatchSource, sources: list[str]) -> dict:
+    r = Running(MetadataServer(source, lookup_workers=1), NetworkResolver(NET))
+    results = {}
+
+    def fetch(ip):
+        results[ip] = _get(r.conn(ip), "/openstack/latest/meta_data.json")[:2]
+    try:
+        threads = [threading.Thread(target=fetch, args=(ip,)) for ip in sources]
+        threads[0].start()
+        deadline = time.monotonic() + 10
+        while not source.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for t in threads[1:]:
+            t.start()
+        while len(r.server._queue) < len(sources) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        source.gate.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        r.stop()
+    return results
+
+
+def test_queued_lookups_go_to_the_source_in_batches():
+    source = _BatchSource()
+    guests = [f"127.0.1.{i}" for i in range(1, 21)]
+    results = _storm(source, guests + [STRANGER])
+    assert [len(ips) for _, ips in source.calls] == [1, 20]
+    assert sorted(source.calls[1][1]) == sorted(guests[1:] + [STRANGER])
+    for ip in guests:            # each source address gets its own instance
+        status, body = results[ip]
+        assert status == 200 and json.loads(body)["uuid"] == f"uuid-{ip}"
+    assert results[STRANGER][0] == 404
+
+
+def test_a_failing_batch_is_500_for_its_requests():
+    results = _storm(_BatchSource(fail=True), [f"127.0.1.{i}" for i in range(1, 6)])
+    assert {status for status, _ in results.values()} == {500}
