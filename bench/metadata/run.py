@@ -24,8 +24,9 @@ The servers: stackbox's metadata server as production runs it (`stackbox-db`:
 sources.Lookup over the network and compute services on a SQLite database
 holding N servers and ports, made here by bench/metadata/database.py), the
 same server with an in-memory lookup on the loop (`stackbox-mem`, no
-database), optionally the database lookup one instance at a time as before
-batches (`--before`: `stackbox-db-serial`), and nginx with 2 workers and 1
+database), optionally (`--targets`) the batches in worker threads as on
+PostgreSQL (`stackbox-db-thread`) and the database lookup one instance at a
+time in threads as before batches (`--before`: `stackbox-db-serial`), and nginx with 2 workers and 1
 worker serving instance 0's documents from files. nginx cannot tell
 instances apart, so it does strictly less work per request than stackbox,
 which finds and builds each instance's documents on first use. A fresh
@@ -324,7 +325,8 @@ def failures(r: dict) -> int:
     return r["errors"] + r["non_200"] + r["connect_errors"] + r["unfinished"]
 
 
-STACKBOX = {"stackbox-db": "db", "stackbox-db-serial": "db-serial", "stackbox-mem": "inline"}
+STACKBOX = {"stackbox-db": "db", "stackbox-db-thread": "db-thread",
+            "stackbox-db-serial": "db-serial", "stackbox-mem": "inline"}
 
 
 def run_target(target: str, storm_bin: str, topo: Topology, nginxes: dict, count: int,

@@ -4,11 +4,13 @@ MetadataServer and MetadataPlumbing, serving COUNT instances (source
 FIRST_IP + i) in NAMESPACE. Documents are built per instance on first use,
 as in production. The lookup:
 
-- `db` (production): stackbox.metadata.sources.Lookup over the network and
-  compute services on the SQLite database bench/metadata/database.py made,
-  in worker threads, queued lookups in batches (`Lookup.many`);
-- `db-serial`: the same lookup one instance at a time (what production did
-  before batches);
+- `db` (production on SQLite): stackbox.metadata.sources.Lookup over the
+  network and compute services on the SQLite database
+  bench/metadata/database.py made, queued lookups in batches (`Lookup.many`)
+  on the event loop;
+- `db-thread` (production on PostgreSQL): the same in worker threads;
+- `db-serial`: the same lookup in worker threads one instance at a time
+  (production before batches);
 - `inline`: an in-memory lookup on the event loop (no database: a ceiling
   for the cold path);
 - `thread`: the in-memory lookup in worker threads.
@@ -60,7 +62,7 @@ def parse_args():
     ap.add_argument("--cache-seconds", type=float, default=5.0)
     ap.add_argument("--loop", choices=("auto", "asyncio"), default="auto",
                     help="auto: uvloop when installed, as MetadataThread does")
-    ap.add_argument("--lookup", choices=("db", "db-serial", "inline", "thread"), default="db",
+    ap.add_argument("--lookup", choices=("db", "db-thread", "db-serial", "inline", "thread"), default="db",
                     help="see the module docstring")
     ap.add_argument("--database", help="the benchmark database's URL (db lookups)")
     ap.add_argument("--data-dir", type=Path, help="the services' data directory (db lookups)")
@@ -93,7 +95,7 @@ async def main(args) -> None:
     if args.lookup.startswith("db"):
         network_id, lookup = db_lookup(args)
     server = MetadataServer(lookup, cache_seconds=args.cache_seconds,
-                            lookup_in_thread=args.lookup != "inline")
+                            lookup_in_thread=args.lookup not in ("inline", "db"))
     plumbing = MetadataPlumbing(server, asyncio.get_running_loop())
     await plumbing.ensure_async(args.namespace, network_id)
     stop = asyncio.Event()

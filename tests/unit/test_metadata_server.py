@@ -427,3 +427,50 @@ def test_queued_lookups_go_to_the_source_in_batches():
 def test_a_failing_batch_is_500_for_its_requests():
     results = _storm(_BatchSource(fail=True), [f"127.0.1.{i}" for i in range(1, 6)])
     assert {status for status, _ in results.values()} == {500}
+
+
+def test_waiting_connections_are_accepted_together():
+    """libuv (uvloop) accepts one connection per loop iteration: a storm's
+    last connections then waited for thousands of iterations. The server
+    accepts every waiting connection when the listener is readable."""
+    from stackbox.metadata.server import new_event_loop
+
+    async def scenario():
+        server = MetadataServer(lambda n, ip: None)
+        host, port = await server.listen_tcp("lo", "127.0.0.1", 0, NetworkResolver(NET))
+        clients = [socket.create_connection((host, port)) for _ in range(50)]
+        try:
+            for _ in range(5):              # a few iterations, not fifty
+                await asyncio.sleep(0)
+            return len(server._conns)
+        finally:
+            for c in clients:
+                c.close()
+            await server.close()
+    loop = new_event_loop()
+    try:
+        assert loop.run_until_complete(scenario()) == 50
+    finally:
+        loop.close()
+
+
+def test_batched_lookups_on_the_loop():
+    class Source:
+        calls: list = []
+
+        def __call__(self, network_id, ip):
+            raise AssertionError("queued lookups must go through many()")
+
+        def many(self, network_id, ips):
+            self.calls.append(list(ips))
+            return {ip: _inst(f"uuid-{ip}", ip, "k") for ip in ips if ip != STRANGER}
+    source = Source()
+    r = Running(MetadataServer(source, lookup_in_thread=False), NetworkResolver(NET))
+    try:
+        for ip in (A, B):
+            status, body, _ = _get(r.conn(ip), "/openstack/latest/meta_data.json")
+            assert status == 200 and json.loads(body)["uuid"] == f"uuid-{ip}"
+        assert _get(r.conn(STRANGER), "/openstack")[0] == 404
+        assert source.calls == [[A], [B], [STRANGER]]
+    finally:
+        r.stop()
