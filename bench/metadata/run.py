@@ -412,6 +412,9 @@ def main() -> int:
                                 r.update(round=rnd, mode=mode.name)
                                 results["runs"].append(r)
                                 print_run(r)
+                                if args.json:      # a cut-short run keeps what it measured
+                                    Path(args.json).write_text(json.dumps(
+                                        results, indent=2, sort_keys=True))
             finally:
                 for nginx in nginxes.values():
                     nginx.stop()

@@ -39,6 +39,7 @@ IDLE_SECONDS = 60.0
 BACKLOG = 65535
 LOOKUP_BATCH = 128
 MIN_COLD_SLICE = 0.02          # seconds of queued lookups per loop iteration, at least
+COLD_SHARE = 3                 # a backlog of lookups gets 3/4 of the loop
 ACCEPT_BATCH = BACKLOG         # connections accepted per readiness of a listener
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
@@ -101,7 +102,12 @@ class MetadataServer:
         self._cache: dict[tuple[str, str], tuple[float, Documents | None]] = {}
         self._built: dict[tuple[str, str], tuple[InstanceMetadata, Documents]] = {}
         self._pending: dict[tuple[str, str], asyncio.Future] = {}
+        # Lookups someone waits for (a first request) go before refreshes
+        # (the connection answers from its documents meanwhile): in a long
+        # storm every connection refreshes every cache_seconds, and in one
+        # queue the refreshes delayed the first answers.
         self._queue: collections.deque[tuple[str, str]] = collections.deque()
+        self._refresh_queue: collections.deque[tuple[str, str]] = collections.deque()
         self._loaders = 0
         self._draining_on_loop = False
         self._drained_at: float | None = None
@@ -205,7 +211,8 @@ class MetadataServer:
             return hit
         return None
 
-    async def documents(self, network_id: str, ip: str) -> tuple[float, Documents | None]:
+    async def documents(self, network_id: str, ip: str, *, refresh: bool = False
+                        ) -> tuple[float, Documents | None]:
         """(expiry, documents or None) for the instance at (network, ip);
         concurrent misses for one instance share a single lookup."""
         key = (network_id, ip)
@@ -230,12 +237,12 @@ class MetadataServer:
             if self._async_lookup:
                 asyncio.ensure_future(self._load_async(key))
             elif not self.lookup_in_thread:
-                self._queue.append(key)
+                (self._refresh_queue if refresh else self._queue).append(key)
                 if not self._draining_on_loop:
                     self._draining_on_loop = True
                     asyncio.get_running_loop().call_soon(self._drain_on_loop)
             else:
-                self._queue.append(key)
+                (self._refresh_queue if refresh else self._queue).append(key)
                 if self._loaders < self.lookup_workers:
                     self._loaders += 1
                     asyncio.ensure_future(self._drain())
@@ -257,9 +264,8 @@ class MetadataServer:
         cold instances would wait 50 s for their first answer."""
         loop = asyncio.get_running_loop()
         try:
-            while self._queue:
-                batch = [self._queue.popleft()
-                         for _ in range(min(LOOKUP_BATCH, len(self._queue)))]
+            while self._queue or self._refresh_queue:
+                batch = self._next_batch()
                 try:
                     outcomes = await loop.run_in_executor(None, self._lookup_many, batch)
                 except Exception as e:              # the executor itself failed
@@ -272,13 +278,16 @@ class MetadataServer:
             self._loaders -= 1
 
     def _drain_on_loop(self) -> None:
-        """Queued lookups on the loop, in batches, for as long as the loop
-        spent on everything else since the last call (at least
-        MIN_COLD_SLICE), then again in the next iteration: the connections'
-        reads and writes run in between, and a backlog of first requests
-        gets at least half of the loop (with 10,000 connections an
-        iteration takes ~0.5 s: a fixed 128 lookups per iteration would make
-        the last of 10,000 first answers wait ~40 s).
+        """Queued lookups on the loop, in batches, for COLD_SHARE times as
+        long as the loop spent on everything else since the last call (at
+        least MIN_COLD_SLICE), then again in the next iteration: the
+        connections' reads and writes run in between, and a backlog of first
+        requests gets most of the loop (with 10,000 connections an iteration
+        takes ~0.5 s: a fixed 128 lookups per iteration made the last of
+        10,000 first answers wait ~40 s). Refreshes alone get
+        MIN_COLD_SLICE per iteration: while the server is saturated they
+        lag (documents may then be older than cache_seconds), first answers
+        do not.
 
         For a local database (SQLite in WAL mode: readers never wait for
         writers) this beats worker threads by far in a storm: a worker's
@@ -287,19 +296,29 @@ class MetadataServer:
         instances, first answers 18-85 s in threads."""
         started = time.perf_counter()
         others = started - self._drained_at if self._drained_at is not None else 0.0
-        deadline = started + max(MIN_COLD_SLICE, others)
-        while self._queue:
-            batch = [self._queue.popleft()
-                     for _ in range(min(LOOKUP_BATCH, len(self._queue)))]
+        # Refreshes alone get a short slice: nobody waits for them, and in
+        # a long storm every connection refreshes every cache_seconds.
+        share = COLD_SHARE if self._queue else 0.0
+        deadline = started + max(MIN_COLD_SLICE, share * others)
+        while self._queue or self._refresh_queue:
+            batch = self._next_batch()
             self._deliver(batch, self._lookup_many(batch))
             if time.perf_counter() >= deadline:
                 break
-        if self._queue:
+        if self._queue or self._refresh_queue:
             self._drained_at = time.perf_counter()
             asyncio.get_running_loop().call_soon(self._drain_on_loop)
         else:
             self._draining_on_loop = False
             self._drained_at = None
+
+    def _next_batch(self) -> list[tuple[str, str]]:
+        """Up to LOOKUP_BATCH queued keys, waited-for ones first."""
+        batch: list[tuple[str, str]] = []
+        for queue in (self._queue, self._refresh_queue):
+            while queue and len(batch) < LOOKUP_BATCH:
+                batch.append(queue.popleft())
+        return batch
 
     def _deliver(self, batch: list[tuple[str, str]], outcomes: list) -> None:
         for key, outcome in zip(batch, outcomes):
@@ -553,7 +572,8 @@ class _Connection(asyncio.Protocol):
         if self.refreshing:
             return
         self.refreshing = True
-        task = asyncio.ensure_future(self.server.documents(self.network, self.ip))
+        task = asyncio.ensure_future(self.server.documents(self.network, self.ip,
+                                                           refresh=True))
         task.add_done_callback(self._refreshed)
 
     def _refreshed(self, task: asyncio.Future) -> None:

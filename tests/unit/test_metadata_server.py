@@ -474,3 +474,13 @@ def test_batched_lookups_on_the_loop():
         assert source.calls == [[A], [B], [STRANGER]]
     finally:
         r.stop()
+
+
+def test_waited_for_lookups_go_before_refreshes(monkeypatch):
+    from stackbox.metadata import server as module
+    monkeypatch.setattr(module, "LOOKUP_BATCH", 3)
+    server = MetadataServer(lambda n, ip: None)
+    server._refresh_queue.extend([(NET, "r1"), (NET, "r2")])
+    server._queue.extend([(NET, "w1"), (NET, "w2")])
+    assert server._next_batch() == [(NET, "w1"), (NET, "w2"), (NET, "r1")]
+    assert server._next_batch() == [(NET, "r2")]
