@@ -484,3 +484,28 @@ def test_waited_for_lookups_go_before_refreshes(monkeypatch):
     server._queue.extend([(NET, "w1"), (NET, "w2")])
     assert server._next_batch() == [(NET, "w1"), (NET, "w2"), (NET, "r1")]
     assert server._next_batch() == [(NET, "r2")]
+
+
+def test_first_lookups_arriving_together_share_a_batch_on_the_loop():
+    calls = []
+
+    class Source:
+        def __call__(self, network_id, ip):
+            raise AssertionError("queued lookups must go through many()")
+
+        def many(self, network_id, ips):
+            calls.append(sorted(ips))
+            return {ip: _inst(f"uuid-{ip}", ip, "k") for ip in ips}
+    r = Running(MetadataServer(Source(), lookup_in_thread=False), NetworkResolver(NET))
+    try:
+        socks = [socket.create_connection((r.host, r.port), source_address=(ip, 0))
+                 for ip in (A, B)]
+        for s in socks:
+            s.sendall(b"GET /openstack HTTP/1.1\r\nHost: x\r\n\r\n")
+        for s in socks:
+            s.settimeout(10)
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            s.close()
+        assert calls == [sorted([A, B])]
+    finally:
+        r.stop()
