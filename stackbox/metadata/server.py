@@ -115,6 +115,7 @@ class MetadataServer:
         self.lookup_workers = lookup_workers
         self.lookup_in_thread = lookup_in_thread
         self._listeners: dict[str, socket.socket] = {}
+        self._accept_warned: dict[str, float] = {}
         self._resolvers: dict[str, Resolver] = {}
         self._conns: set[_Connection] = set()
         self._sweeper: asyncio.Task | None = None
@@ -174,7 +175,10 @@ class MetadataServer:
             except ConnectionAbortedError:
                 continue
             except OSError as e:            # e.g. EMFILE: try again next iteration
-                log.warning("metadata listener %s cannot accept: %s", name, e)
+                now = time.monotonic()
+                if now - self._accept_warned.get(name, -60.0) >= 60.0:   # not every iteration
+                    self._accept_warned[name] = now
+                    log.warning("metadata listener %s cannot accept: %s", name, e)
                 return
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
