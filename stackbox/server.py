@@ -88,9 +88,13 @@ class Cloud:
         from stackbox.metadata.sources import Lookup
         from stackbox.network.agent import NetworkAgent
         md = self.settings.metadata
-        self.metadata_server = MetadataServer(Lookup(self.compute, self.network),
-                                              cache_seconds=md.cache_seconds,
-                                              require_token=md.require_token)
+        # SQLite (WAL) reads are local and never wait for writers: batched
+        # lookups on the metadata loop then beat worker threads by far in a
+        # boot storm (docs/metadata.md); a network database stays in threads.
+        self.metadata_server = MetadataServer(
+            Lookup(self.compute, self.network), cache_seconds=md.cache_seconds,
+            require_token=md.require_token,
+            lookup_in_thread=not self.settings.database_url.startswith("sqlite"))
         self.metadata_thread = MetadataThread(self.metadata_server)
         host_id = self.compute_agent.host_id
         self.network_agent = NetworkAgent.from_settings(

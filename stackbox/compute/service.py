@@ -11,7 +11,7 @@ import re
 import secrets
 import threading
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy import delete, func, select
 
@@ -139,6 +139,18 @@ class ComputeService:
     def get_server(self, ctx: RequestContext, server_id: str) -> Server:
         with self.db.read() as s:
             return self._find(s, ctx, server_id)
+
+    def get_servers(self, ctx: RequestContext, server_ids: Iterable[str]) -> dict[str, Server]:
+        """The servers among `server_ids` that exist and `ctx` may see, by id
+        (the metadata server reads a boot storm's instances in batches)."""
+        ids = list(dict.fromkeys(server_ids))
+        out: dict[str, Server] = {}
+        with self.db.read() as s:
+            for i in range(0, len(ids), 500):
+                for server in s.scalars(select(Server).where(Server.id.in_(ids[i:i + 500]))):
+                    if server.project_id == ctx.project_id or ctx.is_admin:
+                        out[server.id] = server
+        return out
 
     @staticmethod
     def _record_action(s, ctx: RequestContext, server: Server, action: str) -> None:

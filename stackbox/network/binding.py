@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from stackbox.common.http.context import RequestContext
 from stackbox.network import errors, hoststate as hs
-from stackbox.network.base import ServiceBase
+from stackbox.network.base import ServiceBase, _chunks
 from stackbox.network.models import (FloatingIp, IpAllocation, Network, Port, PortSecurityGroup,
                                      Router, SecurityGroup, SecurityGroupRule, Subnet)
 
@@ -132,16 +132,27 @@ class BindingMixin(ServiceBase):
         """Per port of a server, what a guest needs to configure itself
         (network_data.json, config drive, `os-interface`): ids, MAC, MTU,
         tap, and each fixed IP with its subnet's cidr, gateway, DNS, routes."""
+        return self.servers_network_info([server_id])[server_id]
+
+    def servers_network_info(self, server_ids: Iterable[str]) -> dict[str, list[dict]]:
+        """`server_network_info` of many servers in a few queries (the
+        metadata server looks up a boot storm's instances in batches)."""
+        ids = list(server_ids)
+        out: dict[str, list[dict]] = {sid: [] for sid in ids}
         with self.db.read() as s:
-            ports = list(s.scalars(select(Port).where(Port.device_id == server_id).order_by(
-                Port.created_at, Port.id)))
+            ports = [p for chunk in _chunks(ids) for p in s.scalars(
+                select(Port).where(Port.device_id.in_(chunk)))]
+            ports.sort(key=lambda p: (p.created_at, p.id))
             ips = self._fixed_ips(s, [p.id for p in ports])
-            out = []
+            nets = {n.id: n for n in s.scalars(select(Network).where(
+                Network.id.in_({p.network_id for p in ports} or {""})))}
+            subnets = {sn.id: sn for sn in s.scalars(select(Subnet).where(
+                Subnet.id.in_({sid for v in ips.values() for sid, _ in v} or {""})))}
             for p in ports:
-                n = s.get(Network, p.network_id)
+                n = nets[p.network_id]
                 fixed = []
                 for sid, ip in ips[p.id]:
-                    sn = s.get(Subnet, sid)
+                    sn = subnets[sid]
                     fixed.append({"ip_address": ip, "subnet_id": sid, "cidr": sn.cidr,
                                   "ip_version": sn.ip_version, "gateway_ip": sn.gateway_ip,
                                   "enable_dhcp": sn.enable_dhcp,
@@ -149,29 +160,48 @@ class BindingMixin(ServiceBase):
                                   "host_routes": [{"destination": d, "nexthop": h}
                                                   for d, h in sn.host_routes],
                                   "ipv6_address_mode": sn.ipv6_address_mode})
-                out.append({"port_id": p.id, "network_id": n.id, "network_name": n.name,
-                            "mac_address": p.mac_address, "mtu": n.mtu,
-                            "tap": hs.tap_name(p.id), "fixed_ips": fixed,
-                            "status": p.status, "binding_host_id": p.binding_host_id})
-            return out
+                out[p.device_id].append({
+                    "port_id": p.id, "network_id": n.id, "network_name": n.name,
+                    "mac_address": p.mac_address, "mtu": n.mtu, "tap": hs.tap_name(p.id),
+                    "fixed_ips": fixed, "status": p.status,
+                    "binding_host_id": p.binding_host_id})
+        return out
 
     # -- metadata -----------------------------------------------------------------------
     def lookup_port_by_ip(self, network_id: str, ip: str) -> dict | None:
         """The port holding `ip` on `network_id` (the metadata server's way
         from a source address to an instance), or None."""
+        return self.lookup_ports_by_ip(network_id, [ip]).get(ip)
+
+    def lookup_ports_by_ip(self, network_id: str, ips: Iterable[str]) -> dict[str, dict]:
+        """`lookup_port_by_ip` for many addresses in a few queries: address
+        -> port, for the addresses that have one."""
+        wanted = list(ips)
         with self.db.read() as s:
-            a = s.get(IpAllocation, (network_id, ip))
-            if a is None:
-                return None
-            p = s.get(Port, a.port_id)
-            fips = [f.floating_ip_address for f in s.scalars(select(FloatingIp).where(
-                FloatingIp.port_id == p.id, FloatingIp.fixed_ip_address == ip))]
-            return {"id": p.id, "network_id": p.network_id, "device_id": p.device_id,
-                    "device_owner": p.device_owner, "project_id": p.project_id,
-                    "mac_address": p.mac_address, "fixed_ip": ip,
-                    "fixed_ips": [{"subnet_id": sid, "ip_address": x}
-                                  for sid, x in self._fixed_ips(s, [p.id])[p.id]],
-                    "floating_ips": fips}
+            owner = {ip: pid for chunk in _chunks(wanted) for ip, pid in s.execute(
+                select(IpAllocation.ip_address, IpAllocation.port_id).where(
+                    IpAllocation.network_id == network_id,
+                    IpAllocation.ip_address.in_(chunk)))}
+            pids = list(set(owner.values()))
+            ports = {p.id: p for chunk in _chunks(pids) for p in s.scalars(
+                select(Port).where(Port.id.in_(chunk)))}
+            fips: dict[tuple[str, str], list[str]] = {}
+            for chunk in _chunks(pids):
+                for pid, fixed, address in s.execute(select(
+                        FloatingIp.port_id, FloatingIp.fixed_ip_address,
+                        FloatingIp.floating_ip_address).where(FloatingIp.port_id.in_(chunk))):
+                    fips.setdefault((pid, fixed), []).append(address)
+            fixed_ips = self._fixed_ips(s, pids)
+            out = {}
+            for ip, pid in owner.items():
+                p = ports[pid]
+                out[ip] = {"id": p.id, "network_id": p.network_id, "device_id": p.device_id,
+                           "device_owner": p.device_owner, "project_id": p.project_id,
+                           "mac_address": p.mac_address, "fixed_ip": ip,
+                           "fixed_ips": [{"subnet_id": sid, "ip_address": x}
+                                         for sid, x in fixed_ips[p.id]],
+                           "floating_ips": fips.get((p.id, ip), [])}
+            return out
 
     # -- agent --------------------------------------------------------------------------
     def set_port_status(self, port_id: str, status: str) -> None:

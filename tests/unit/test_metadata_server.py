@@ -366,3 +366,146 @@ def test_refresh_of_an_unchanged_instance_reuses_the_documents(monkeypatch):
         assert r.server.stats["lookups"] >= 3 and len(builds) == 1
     finally:
         r.stop()
+
+
+class _BatchSource:
+    """A lookup with `many`: the first call waits at a gate so that the
+    other first requests queue up behind it."""
+
+    def __init__(self, *, fail: bool = False):
+        self.calls: list[tuple[str, list[str]]] = []
+        self.gate = threading.Event()
+        self.fail = fail
+
+    def __call__(self, network_id, ip):
+        raise AssertionError("queued lookups must go through many()")
+
+    def many(self, network_id, ips):
+        self.calls.append((network_id, list(ips)))
+        self.gate.wait(10)
+        if self.fail:
+            raise RuntimeError("database down")
+        return {ip: _inst(f"uuid-{ip}", ip, f"key-{ip}") for ip in ips if ip != STRANGER}
+
+
+def _storm(source: _BatchSource, sources: list[str]) -> dict:
+    r = Running(MetadataServer(source, lookup_workers=1), NetworkResolver(NET))
+    results = {}
+
+    def fetch(ip):
+        results[ip] = _get(r.conn(ip), "/openstack/latest/meta_data.json")[:2]
+    try:
+        threads = [threading.Thread(target=fetch, args=(ip,)) for ip in sources]
+        threads[0].start()
+        deadline = time.monotonic() + 10
+        while not source.calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for t in threads[1:]:
+            t.start()
+        while len(r.server._queue) < len(sources) - 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        source.gate.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        r.stop()
+    return results
+
+
+def test_queued_lookups_go_to_the_source_in_batches():
+    source = _BatchSource()
+    guests = [f"127.0.1.{i}" for i in range(1, 21)]
+    results = _storm(source, guests + [STRANGER])
+    assert [len(ips) for _, ips in source.calls] == [1, 20]
+    assert sorted(source.calls[1][1]) == sorted(guests[1:] + [STRANGER])
+    for ip in guests:            # each source address gets its own instance
+        status, body = results[ip]
+        assert status == 200 and json.loads(body)["uuid"] == f"uuid-{ip}"
+    assert results[STRANGER][0] == 404
+
+
+def test_a_failing_batch_is_500_for_its_requests():
+    results = _storm(_BatchSource(fail=True), [f"127.0.1.{i}" for i in range(1, 6)])
+    assert {status for status, _ in results.values()} == {500}
+
+
+def test_waiting_connections_are_accepted_together():
+    """libuv (uvloop) accepts one connection per loop iteration: a storm's
+    last connections then waited for thousands of iterations. The server
+    accepts every waiting connection when the listener is readable."""
+    from stackbox.metadata.server import new_event_loop
+
+    async def scenario():
+        server = MetadataServer(lambda n, ip: None)
+        host, port = await server.listen_tcp("lo", "127.0.0.1", 0, NetworkResolver(NET))
+        clients = [socket.create_connection((host, port)) for _ in range(50)]
+        try:
+            for _ in range(5):              # a few iterations, not fifty
+                await asyncio.sleep(0)
+            return len(server._conns)
+        finally:
+            for c in clients:
+                c.close()
+            await server.close()
+    loop = new_event_loop()
+    try:
+        assert loop.run_until_complete(scenario()) == 50
+    finally:
+        loop.close()
+
+
+def test_batched_lookups_on_the_loop():
+    class Source:
+        calls: list = []
+
+        def __call__(self, network_id, ip):
+            raise AssertionError("queued lookups must go through many()")
+
+        def many(self, network_id, ips):
+            self.calls.append(list(ips))
+            return {ip: _inst(f"uuid-{ip}", ip, "k") for ip in ips if ip != STRANGER}
+    source = Source()
+    r = Running(MetadataServer(source, lookup_in_thread=False), NetworkResolver(NET))
+    try:
+        for ip in (A, B):
+            status, body, _ = _get(r.conn(ip), "/openstack/latest/meta_data.json")
+            assert status == 200 and json.loads(body)["uuid"] == f"uuid-{ip}"
+        assert _get(r.conn(STRANGER), "/openstack")[0] == 404
+        assert source.calls == [[A], [B], [STRANGER]]
+    finally:
+        r.stop()
+
+
+def test_waited_for_lookups_go_before_refreshes(monkeypatch):
+    from stackbox.metadata import server as module
+    monkeypatch.setattr(module, "LOOKUP_BATCH", 3)
+    server = MetadataServer(lambda n, ip: None)
+    server._refresh_queue.extend([(NET, "r1"), (NET, "r2")])
+    server._queue.extend([(NET, "w1"), (NET, "w2")])
+    assert server._next_batch() == [(NET, "w1"), (NET, "w2"), (NET, "r1")]
+    assert server._next_batch() == [(NET, "r2")]
+
+
+def test_first_lookups_arriving_together_share_a_batch_on_the_loop():
+    calls = []
+
+    class Source:
+        def __call__(self, network_id, ip):
+            raise AssertionError("queued lookups must go through many()")
+
+        def many(self, network_id, ips):
+            calls.append(sorted(ips))
+            return {ip: _inst(f"uuid-{ip}", ip, "k") for ip in ips}
+    r = Running(MetadataServer(Source(), lookup_in_thread=False), NetworkResolver(NET))
+    try:
+        socks = [socket.create_connection((r.host, r.port), source_address=(ip, 0))
+                 for ip in (A, B)]
+        for s in socks:
+            s.sendall(b"GET /openstack HTTP/1.1\r\nHost: x\r\n\r\n")
+        for s in socks:
+            s.settimeout(10)
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+            s.close()
+        assert calls == [sorted([A, B])]
+    finally:
+        r.stop()

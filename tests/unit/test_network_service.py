@@ -207,3 +207,46 @@ def test_concurrent_vxlan_networks_get_distinct_vnis(svc):
     assert not other, other[:3]
     vnis = [n["provider:segmentation_id"] for n in made]
     assert len(vnis) == 12 and len(set(vnis)) == 12, vnis
+
+
+def test_batch_lookups_match_the_single_ones(svc):
+    """The metadata server reads a boot storm's ports in batches: the batch
+    answers must be exactly the one-at-a-time answers."""
+    n, sn = _net(svc, cidr="10.1.0.0/24")
+    n2, _ = _net(svc, cidr="10.2.0.0/24")
+    ports = [svc.create_server_port(DEMO, network_id=n["id"], server_id=f"srv{i}",
+                                    host_id="h") for i in range(3)]
+    second = svc.create_server_port(DEMO, network_id=n2["id"], server_id="srv0", host_id="h")
+    ips = [p["fixed_ips"][0]["ip_address"] for p in ports]
+    found = svc.lookup_ports_by_ip(n["id"], ips + ["10.1.0.250"])
+    assert set(found) == set(ips)
+    assert found == {ip: svc.lookup_port_by_ip(n["id"], ip) for ip in ips}
+    assert svc.lookup_ports_by_ip(n2["id"], ips) == {}
+    infos = svc.servers_network_info(["srv0", "srv1", "nothing"])
+    assert infos["nothing"] == []
+    assert [i["port_id"] for i in infos["srv0"]] == [ports[0]["id"], second["id"]]
+    assert infos == {sid: svc.server_network_info(sid) for sid in ("srv0", "srv1", "nothing")}
+
+
+def test_metadata_source_many_matches_one_at_a_time(svc):
+    from types import SimpleNamespace
+
+    from stackbox.metadata.sources import Lookup
+    n, sn = _net(svc, cidr="10.1.0.0/24")
+    ports = [svc.create_server_port(DEMO, network_id=n["id"], server_id=f"srv{i}",
+                                    host_id="h") for i in range(3)]
+    servers = {f"srv{i}": SimpleNamespace(
+        id=f"srv{i}", name=f"vm{i}", hostname=f"vm{i}", project_id="pdemo",
+        availability_zone="nova", launch_index=0, reservation_id="r", flavor={"name": "f"},
+        image_id="", key_name=None, key_data=None, user_data=None, metadata_={},
+        security_groups=["default"]) for i in range(2)}           # srv2 has no server row
+
+    class Compute:
+        def get_servers(self, ctx, ids):
+            return {i: servers[i] for i in ids if i in servers}
+    lookup = Lookup(Compute(), svc)
+    ips = [p["fixed_ips"][0]["ip_address"] for p in ports]
+    many = lookup.many(n["id"], ips + ["10.1.0.250"])
+    assert set(many) == set(ips[:2])
+    assert [lookup(n["id"], ip) for ip in ips] == [many[ips[0]], many[ips[1]], None]
+    assert many[ips[1]].uuid == "srv1" and many[ips[1]].interfaces[0].ip == ips[1]
