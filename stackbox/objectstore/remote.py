@@ -87,10 +87,6 @@ class RemoteDevices:
         ts = resp.getheader("X-Backend-Timestamp")
         return ts, bool(ts) and resp.status == 404
 
-    def head(self, device, partition, account, container, obj) -> dict:
-        with self.open(device, partition, account, container, obj) as reader:
-            return reader.metadata
-
     def delete(self, device, partition, account, container, obj, timestamp) -> bool:
         conn, resp = self._request("DELETE", self._path(device, partition, account, container,
                                                         obj),
