@@ -180,6 +180,14 @@ class ObjectStoreSettings(_Section):
     replicator_interval: float = Field(
         300.0, gt=0, description="Seconds between two object replicator passes (which "
         "restore missing replicas and drain handoff devices).")
+    workers: int = Field(
+        0, ge=0, le=64, description="Processes serving the object-store port (Swift and S3). "
+        "The stackbox process is one; the others are object-store workers it starts, "
+        "watches and stops, sharing its listening socket. 0 = one per CPU (at most 8), so "
+        "object traffic uses every core; 1 = the stackbox process alone.")
+
+    def worker_count(self) -> int:
+        return self.workers or max(1, min(8, os.cpu_count() or 1))
 
 
 class NetworkSettings(_Section):

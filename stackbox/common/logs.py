@@ -12,10 +12,10 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def setup(data_dir: Path, *, level: str, max_bytes: int, backups: int,
-          to_stderr: bool) -> Path:
+          to_stderr: bool, name: str = "stackbox.log") -> Path:
     log_dir = data_dir / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / "stackbox.log"
+    path = log_dir / name
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level.upper())

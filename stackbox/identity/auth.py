@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from stackbox.common.db import Database, utcnow
 from stackbox.common.errors import BadRequest, Unauthorized
+from stackbox.common.generation import LocalGeneration
 from stackbox.common.http.context import RequestContext
 from stackbox.identity import passwords
 from stackbox.identity.roles import expand_implied
@@ -126,8 +127,11 @@ class RevocationList:
 class Authenticator:
     def __init__(self, db: Database, codec: TokenCodec, *, token_lifetime: int,
                  password_cost: int, cache_seconds: float, roles_for,
-                 password_cache_seconds: float = 0):
+                 password_cache_seconds: float = 0, generation=None):
         self.db = db
+        # bumped by forget(): the other processes of this host drop their cache
+        self.generation = generation or LocalGeneration()
+        self._revocations_gen = self.generation.value()
         self.codec = codec
         self.token_lifetime = token_lifetime
         self.password_cost = password_cost
@@ -135,7 +139,7 @@ class Authenticator:
         self.roles_for = roles_for  # (session, user_id, project_id|None, domain_id|None) -> [Role]
         self.revocations = RevocationList(db)
         self.verified = passwords.VerifiedCache(password_cache_seconds)
-        self._cache: dict[str, tuple[float, TokenInfo]] = {}
+        self._cache: dict[str, tuple[float, int, TokenInfo]] = {}
         self._cache_lock = threading.Lock()
 
     # -- issuing ---------------------------------------------------------
@@ -312,8 +316,8 @@ class Authenticator:
         entry = self._cache.get(token)
         if entry is None or not self.revocations.fresh:
             return None
-        cached_at, info = entry
-        if time.monotonic() - cached_at > self.cache_seconds:
+        cached_at, gen, info = entry
+        if time.monotonic() - cached_at > self.cache_seconds or gen != self.generation.value():
             return None
         if info.payload["e"] <= time.time() or self.revocations.revoked(info.payload):
             return None
@@ -323,16 +327,19 @@ class Authenticator:
         cached = self.validate_cached(token)
         if cached is not None:
             return cached
+        gen = self.generation.value()
         payload = self.codec.decode(token)
-        if not self.revocations.fresh:
+        if not self.revocations.fresh or gen != self._revocations_gen:
+            # another process of this host may have just revoked something
             self.revocations.load()
+            self._revocations_gen = gen
         if self.revocations.revoked(payload):
             raise Unauthorized(AUTH_FAILED)
         info = self._load(token, payload)
         with self._cache_lock:
             if len(self._cache) > 20000:
                 self._cache.clear()
-            self._cache[token] = (time.monotonic(), info)
+            self._cache[token] = (time.monotonic(), gen, info)
         return info
 
     def _load(self, token: str, payload: TokenPayload) -> TokenInfo:
@@ -391,3 +398,4 @@ class Authenticator:
         """Drop cached validations (after any identity change on this host)."""
         with self._cache_lock:
             self._cache.clear()
+        self.generation.bump()

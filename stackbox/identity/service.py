@@ -49,7 +49,7 @@ def _duplicate(kind: str, name: str, where: str = "") -> Conflict:
 
 
 class IdentityService:
-    def __init__(self, db: Database, settings):
+    def __init__(self, db: Database, settings, *, generation=None):
         self.db = db
         self.settings = settings
         cfg = settings.identity
@@ -60,7 +60,8 @@ class IdentityService:
                                   password_cost=cfg.password_hash_cost,
                                   cache_seconds=cfg.token_cache_seconds,
                                   roles_for=effective_roles,
-                                  password_cache_seconds=cfg.password_cache_seconds)
+                                  password_cache_seconds=cfg.password_cache_seconds,
+                                  generation=generation)
 
     # -- the TokenValidator protocol used by every service's middleware ------
     def validate_cached(self, token: str) -> RequestContext | None:
@@ -794,3 +795,4 @@ class IdentityService:
             if c is None or c.user_id != user_id:
                 raise NotFound(f"Could not find credential: {access}.")
             s.delete(c)
+        self.auth.forget()

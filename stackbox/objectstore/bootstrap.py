@@ -51,10 +51,10 @@ def ensure_ring(data_dir: Path, *, replicas: int, devices: int, part_power: int)
     return Ring.load(str(ring_file))
 
 
-def build_service(db: Database, settings) -> ObjectStoreService:
+def build_service(db: Database, settings, *, generation=None) -> ObjectStoreService:
     cfg = settings.object_store
     ring = ensure_ring(settings.data_dir, replicas=cfg.replicas, devices=cfg.devices,
                        part_power=cfg.part_power)
     backend = ObjectBackend(ring, str(devices_root(settings.data_dir)),
                             chunk_size=1024 * 1024)
-    return ObjectStoreService(db, backend)
+    return ObjectStoreService(db, backend, generation=generation)

@@ -36,7 +36,6 @@ Who may do what: authorize(caller, account, container, write=, listing=, referre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -46,15 +45,17 @@ from dataclasses import dataclass, field
 from typing import AsyncIterable, Iterable, Iterator
 
 import anyio
-from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy import func, select
 
 from stackbox.common.db import Database
+from stackbox.common.generation import LocalGeneration
 from stackbox.common.errors import (BadRequest, Conflict, Forbidden, NotFound, QuotaExceeded,
                                     Unauthorized)
 from stackbox.objectstore import acl
 from stackbox.objectstore.diskfile import normalize_timestamp
 from stackbox.objectstore.errors import (EntityTooLarge, OlderTimestamp, PreconditionFailed,
                                          Quarantined, Unprocessable)
+from stackbox.objectstore.listings import ListingWriter, Put, Remove
 from stackbox.objectstore.models import Account, Container, Object
 from stackbox.objectstore.storage import ObjectBackend
 
@@ -77,25 +78,6 @@ RESELLER_ROLES = ("ResellerAdmin",)
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 CONTAINER_CACHE_SECONDS = 5.0
 WRITE_BUFFER = 1024 * 1024        # bytes gathered before a hop to the write thread
-
-
-class _SQL:
-    """The per-PUT/DELETE listing statements, built once: SQLAlchemy then
-    reuses their cache keys and compiled forms instead of rebuilding both on
-    every request (that was about 1 ms of CPU per PUT)."""
-    _c = (Container.account == bindparam("a"), Container.name == bindparam("c"))
-    _o = (Object.account == bindparam("a"), Object.container == bindparam("c"),
-          Object.name == bindparam("n"))
-    touch = update(Container).where(*_c).values(object_count=Container.object_count)
-    count = update(Container).where(*_c).values(
-        object_count=Container.object_count + bindparam("dc"),
-        bytes_used=Container.bytes_used + bindparam("db"))
-    row = select(Object.size, Object.timestamp).where(*_o)
-    insert_row = insert(Object)
-    update_row = update(Object).where(*_o).values(
-        {c: bindparam("v_" + c) for c in ("size", "etag", "content_type", "timestamp",
-                                          "delete_at", "slo")})
-    delete_row = delete(Object).where(*_o)
 
 
 def account_for(project_id: str) -> str:
@@ -344,16 +326,18 @@ class OpenObject:
 class ObjectStoreService:
     def __init__(self, db: Database, backend: ObjectBackend, *,
                  operator_roles: tuple[str, ...] = OPERATOR_ROLES,
-                 reseller_roles: tuple[str, ...] = RESELLER_ROLES):
+                 reseller_roles: tuple[str, ...] = RESELLER_ROLES, generation=None):
         self.db = db
+        # bumped on every container or account metadata change, so caches in
+        # the other processes serving this store drop what they hold
+        self.generation = generation or LocalGeneration()
         self.backend = backend
         self.operator_roles = operator_roles
         self.reseller_roles = reseller_roles
-        self._containers: dict[tuple[str, str], tuple[float, ContainerInfo]] = {}
+        self._containers: dict[tuple[str, str], tuple[float, int, ContainerInfo]] = {}
         self._cache_lock = threading.Lock()
-        self._listing_lock = (threading.Lock() if db.engine.dialect.name == "sqlite"
-                              else contextlib.nullcontext())
-        self._accounts: dict[str, tuple[float, int | None]] = {}
+        self._listings = ListingWriter(db.engine)
+        self._accounts: dict[str, tuple[float, int, int | None]] = {}
 
     # -- authorization -------------------------------------------------------
     def is_reseller(self, ctx) -> bool:
@@ -428,6 +412,7 @@ class ObjectStoreService:
                     merged[k] = v
             row.sysmeta = merged
         self._accounts.pop(account, None)
+        self.generation.bump()
         return self.account_info(account)
 
     def list_containers(self, account: str, listing: Listing = Listing()) -> list:
@@ -564,11 +549,13 @@ class ObjectStoreService:
 
     def _account_quota(self, account: str) -> int | None:
         hit = self._accounts.get(account)
-        if hit is None or hit[0] <= time.monotonic():
+        gen = self.generation.value()
+        if hit is None or hit[0] <= time.monotonic() or hit[1] != gen:
             with self.db.read() as s:
                 quota = self._account_sysmeta(s, account).get("quota_bytes")
-            hit = self._accounts[account] = (time.monotonic() + CONTAINER_CACHE_SECONDS, quota)
-        return hit[1]
+            hit = self._accounts[account] = (time.monotonic() + CONTAINER_CACHE_SECONDS, gen,
+                                             quota)
+        return hit[2]
 
     @staticmethod
     def _account_sysmeta(s, account: str) -> dict:
@@ -579,10 +566,11 @@ class ObjectStoreService:
                        cached: bool = True) -> ContainerInfo:
         check_container(container)
         key = (account, container)
+        gen = self.generation.value()
         if cached:
             hit = self._containers.get(key)
-            if hit and hit[0] > time.monotonic():
-                return hit[1]
+            if hit and hit[0] > time.monotonic() and hit[1] == gen:
+                return hit[2]
         with self.db.read() as s:
             row = s.get(Container, key)
             if row is None:
@@ -592,12 +580,13 @@ class ObjectStoreService:
                                  meta=dict(row.meta), sysmeta=dict(row.sysmeta),
                                  timestamp=row.put_timestamp)
         with self._cache_lock:
-            self._containers[key] = (time.monotonic() + CONTAINER_CACHE_SECONDS, info)
+            self._containers[key] = (time.monotonic() + CONTAINER_CACHE_SECONDS, gen, info)
         return info
 
     def _forget(self, account: str, container: str) -> None:
         with self._cache_lock:
             self._containers.pop((account, container), None)
+        self.generation.bump()
 
     def post_container(self, account: str, container: str, *, meta: dict | None = None,
                        sysmeta: dict | None = None) -> ContainerInfo:
@@ -799,39 +788,10 @@ class ObjectStoreService:
             raise
 
     def _record(self, obj: ObjectInfo) -> None:
-        """The listing row and the container counters, in one transaction.
-        The first statement writes, so SQLite takes its write lock at once
-        (two readers upgrading to writers would fail with 'database locked').
-        Prebuilt Core statements, not the ORM: this runs on every PUT."""
-        key = {"a": obj.account, "c": obj.container, "n": obj.name}
-        values = {"size": obj.size, "etag": obj.etag, "content_type": obj.content_type,
-                  "timestamp": obj.timestamp, "delete_at": obj.delete_at, "slo": obj.slo}
-        with self._writing() as conn:
-            if not conn.execute(_SQL.touch, key).rowcount:
-                raise NotFound(f"container {obj.container} was deleted during the upload",
-                               field="container")
-            old = conn.execute(_SQL.row, key).first()
-            if old is not None and old.timestamp >= obj.timestamp:
-                return
-            if old is None:
-                conn.execute(_SQL.insert_row, dict(values, account=obj.account,
-                                                   container=obj.container, name=obj.name))
-                dc, db_ = 1, obj.size
-            else:
-                conn.execute(_SQL.update_row,
-                             dict(key, **{"v_" + k: v for k, v in values.items()}))
-                dc, db_ = 0, obj.size - old.size
-            conn.execute(_SQL.count, dict(key, dc=dc, db=db_))
-
-    @contextlib.contextmanager
-    def _writing(self):
-        """A write transaction on the listings. On SQLite one writer at a time
-        in this process waits on a lock, not in SQLite's busy handler (which
-        sleeps 1, 2, 5, 10... ms between tries, so 16 concurrent PUTs queued
-        for tens of ms); the database file lock still guards other processes."""
-        with self._listing_lock:
-            with self.db.engine.begin() as conn:
-                yield conn
+        """The listing row and the container counters (group commit with the
+        other PUTs and DELETEs of this process: stackbox.objectstore.listings)."""
+        self._listings.apply(Put(obj.account, obj.container, obj.name, obj.size, obj.etag,
+                                 obj.content_type, obj.timestamp, obj.delete_at, obj.slo))
 
     def post_object(self, account: str, container: str, name: str, *,
                     meta: dict | None = None, content_type: str | None = None,
@@ -936,15 +896,7 @@ class ObjectStoreService:
             raise NotFound(f"object {name} not found", field="object")
 
     def _unrecord(self, account: str, container: str, name: str, ts: str) -> bool:
-        key = {"a": account, "c": container, "n": name}
-        with self._writing() as conn:
-            conn.execute(_SQL.touch, key)      # take the write lock first
-            old = conn.execute(_SQL.row, key).first()
-            if old is None or old.timestamp >= ts:
-                return False
-            conn.execute(_SQL.delete_row, key)
-            conn.execute(_SQL.count, dict(key, dc=-1, db=-old.size))
-            return True
+        return self._listings.apply(Remove(account, container, name, ts))
 
     def expire(self, now: float | None = None, *, limit: int = 1000) -> int:
         """Delete objects whose X-Delete-At has passed; returns how many."""

@@ -371,9 +371,13 @@ def is_s3_request(scope) -> bool:
 
 
 def build_s3_app(store: ServiceStore, identity, *, regions: tuple[str, ...],
-                 base_domains: tuple[str, ...] = (), cache_seconds: float = 2.0):
-    """The S3 ASGI app: request id, access log, then the API."""
-    auth = S3Authenticator(identity, regions=regions, cache_seconds=cache_seconds)
+                 base_domains: tuple[str, ...] = (), cache_seconds: float = 2.0,
+                 generation=None):
+    """The S3 ASGI app: request id, access log, then the API. `generation`
+    (stackbox.common.generation) drops cached credentials when another
+    process of this host changes identity data."""
+    auth = S3Authenticator(identity, regions=regions, cache_seconds=cache_seconds,
+                           generation=generation)
     api = S3Api(store, auth, regions=regions, base_domains=base_domains)
     return RequestIdMiddleware(AccessLogMiddleware(api, service="s3"))
 

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from starlette.concurrency import run_in_threadpool
 
+from stackbox.common.generation import LocalGeneration
 from stackbox.common.http.context import RequestContext
 from stackbox.objectstore.s3 import sigv4
 from stackbox.objectstore.s3.errors import S3Error
@@ -33,26 +34,28 @@ def request_of(scope) -> sigv4.Request:
 
 class S3Authenticator:
     def __init__(self, identity: Ec2Lookup, *, regions: tuple[str, ...],
-                 cache_seconds: float = 2.0):
+                 cache_seconds: float = 2.0, generation=None):
         self.identity = identity
+        self.generation = generation or LocalGeneration()
         self.regions = regions
         self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, str, RequestContext]] = {}
+        self._cache: dict[str, tuple[float, int, str, RequestContext]] = {}
         self._lock = threading.Lock()
 
     def _cached(self, access: str):
         hit = self._cache.get(access)
-        if hit and hit[0] > time.monotonic():
-            return hit[1], hit[2]
+        if hit and hit[0] > time.monotonic() and hit[1] == self.generation.value():
+            return hit[2], hit[3]
         return None
 
     def _lookup(self, access: str):
+        gen = self.generation.value()
         found = self.identity.ec2_identity(access)
         if found is not None and self.cache_seconds > 0:
             with self._lock:
                 if len(self._cache) > 10000:
                     self._cache.clear()
-                self._cache[access] = (time.monotonic() + self.cache_seconds, *found)
+                self._cache[access] = (time.monotonic() + self.cache_seconds, gen, *found)
         return found
 
     async def authenticate(self, req: sigv4.Request, request_id: str

@@ -1,0 +1,123 @@
+"""Group commit of listing rows (stackbox.objectstore.listings) and the
+change counter shared by the processes of a host (stackbox.common.generation)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import select
+
+from stackbox.common.db import Database, migrate
+from stackbox.common.errors import NotFound
+from stackbox.common.generation import LocalGeneration, SharedGeneration
+from stackbox.objectstore.listings import ListingWriter, Put, Remove
+from stackbox.objectstore.models import Container, Object
+
+
+@pytest.fixture
+def db(tmp_path):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    migrate(url)
+    db = Database(url)
+    with db.transaction() as s:
+        for name in ("c1", "c2"):
+            s.add(Container(account="AUTH_a", name=name, meta={}, sysmeta={}, object_count=0,
+                            bytes_used=0, put_timestamp="0000000001.00000"))
+    yield db
+    db.dispose()
+
+
+def put(name, size, ts, container="c1"):
+    return Put("AUTH_a", container, name, size, "e" * 32, "application/octet-stream",
+               f"{ts:010d}.00000", None, False)
+
+
+def counters(db):
+    with db.read() as s:
+        return {c.name: (c.object_count, c.bytes_used) for c in s.scalars(select(Container))}
+
+
+def names(db, container="c1"):
+    with db.read() as s:
+        return sorted(s.scalars(select(Object.name).where(Object.container == container)))
+
+
+def test_concurrent_changes_commit_in_batches_with_exact_counters(db):
+    w = ListingWriter(db.engine)
+    batches = []
+    commit = w._commit
+    w._commit = lambda batch: (batches.append(len(batch)), commit(batch))[1]
+    gate = threading.Barrier(32)
+    results = {}
+
+    def one(i):
+        gate.wait()
+        results[i] = w.apply(put(f"o{i:02d}", i, 10, container="c1" if i % 2 else "c2"))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: True for i in range(32)}
+    assert counters(db) == {"c1": (16, sum(range(1, 32, 2))), "c2": (16, sum(range(0, 32, 2)))}
+    assert sum(batches) == 32 and len(batches) < 32      # some went together
+    # newer wins, older and equal are ignored, removes count down
+    assert w.apply(put("o01", 1000, 11)) is True
+    assert w.apply(put("o01", 5, 11)) is False
+    assert w.apply(Remove("AUTH_a", "c1", "o03", "0000000009.00000")) is False
+    assert w.apply(Remove("AUTH_a", "c1", "o03", "0000000012.00000")) is True
+    assert w.apply(Remove("AUTH_a", "c1", "nothing", "0000000012.00000")) is False
+    assert counters(db)["c1"] == (15, sum(range(1, 32, 2)) - 1 + 1000 - 3)
+
+
+def test_a_deleted_container_fails_only_its_own_puts(db):
+    with db.transaction() as s:
+        s.delete(s.get(Container, ("AUTH_a", "c2")))
+    w = ListingWriter(db.engine)
+    errors, gate = {}, threading.Barrier(8)
+
+    def one(i):
+        gate.wait()
+        try:
+            w.apply(put(f"x{i}", 1, 10, container="c1" if i % 2 else "c2"))
+        except NotFound as e:
+            errors[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(errors) == [0, 2, 4, 6]
+    assert all(e.field == "container" for e in errors.values())
+    assert names(db) == ["x1", "x3", "x5", "x7"]
+    assert counters(db) == {"c1": (4, 4)}
+
+
+def test_a_database_error_fails_the_whole_batch_and_stores_nothing(db):
+    w = ListingWriter(db.engine)
+    bad = put("y", 1, 10)
+    bad.etag = None                       # NOT NULL column: the INSERT fails
+    with pytest.raises(Exception):
+        w.apply(bad)
+    assert names(db) == [] and counters(db)["c1"] == (0, 0)
+    assert w.apply(put("z", 2, 10)) is True          # the writer goes on
+
+
+def test_shared_generation_is_seen_by_every_mapping(tmp_path):
+    a, b = SharedGeneration(tmp_path / "gen"), SharedGeneration(tmp_path / "gen")
+    try:
+        start = b.value()
+        a.bump()
+        assert b.value() == start + 1
+        b.bump()
+        b.bump()
+        assert a.value() == start + 3
+    finally:
+        a.close()
+        b.close()
+    local = LocalGeneration()
+    local.bump()
+    assert local.value() == 1
