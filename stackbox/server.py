@@ -1,25 +1,23 @@
 """The stackbox process: every API in one process, one event loop, one
-uvicorn server listening on each service's port."""
+uvicorn server listening on each service's port (and the object-store
+workers it starts for the object-store port: stackbox.objectstore.workers)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import logging
 import os
-import signal
 import socket
 import threading
 from pathlib import Path
-
-import uvicorn
 
 from stackbox import __version__
 from stackbox.common import registry
 from stackbox.common.config import Settings
 from stackbox.common.db import Database, utcnow
 from stackbox.common.http.app import PortDispatcher
+from stackbox.common.http.serving import (Server, new_event_loop,
+                                          return_big_allocations_to_the_os, uvicorn_config)
 from stackbox.compute.api import ComputeApi, network_addresses
 from stackbox.compute.api import build_app as build_compute_app
 from stackbox.compute.consoleproxy import (build_console_app, console_base_url, console_url,
@@ -37,7 +35,6 @@ from stackbox.objectstore.workers import SharedGeneration, Workers, build_port_a
     generation_path
 from stackbox.network.api import build_app as build_network_app
 from stackbox.network.service import NetworkService
-from stackbox.metadata.server import new_event_loop
 
 log = logging.getLogger("stackbox.server")
 
@@ -217,58 +214,14 @@ def compute_agent(settings: Settings, db: Database, compute: ComputeService, ima
                         network=network)
 
 
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after a graceful stop, which would kill the
-    process before it removes its pidfile; stop gracefully and return instead."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.handle_exit, sig, None)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-
-def _return_big_allocations_to_the_os() -> None:
-    """Password checks allocate 16 MiB each (scrypt); glibc's adaptive mmap
-    threshold would keep those in the heap for good. A fixed threshold makes
-    every large block an mmap that is unmapped when freed, so RSS falls back.
-
-    A fixed mmap threshold also freezes the trim threshold at 128 KiB: then
-    every freed buffer at the top of the heap (an HTTP body's 256 KiB reads,
-    object chunks) went back to the OS and was faulted in again by the next
-    one, about half of the kernel time of a large upload. Up to 16 MiB of free
-    heap is kept instead; big blocks are still mmapped and returned."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 4 * 1024 * 1024)   # M_MMAP_THRESHOLD: 1 MiB chunks stay in the heap
-        libc.mallopt(-1, 16 * 1024 * 1024)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def uvicorn_config(app) -> uvicorn.Config:
-    """uvicorn's settings for every API port (the stackbox process and the
-    object-store workers). No permessage-deflate: the console proxy's
-    websockets carry VNC data that is mostly compressed already; deflating it
-    cut throughput ~10x (bench/console)."""
-    return uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                          timeout_keep_alive=30, server_header=False,
-                          ws_per_message_deflate=False)
-
-
 def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> None:
-    _return_big_allocations_to_the_os()
+    return_big_allocations_to_the_os()
     cloud = Cloud(settings)
     cloud.prepare()
     if sockets is None:
         sockets = [bind(settings.api.bind_address, p)
                    for p in settings.listen_ports().values()]
-    server = _Server(uvicorn_config(PortDispatcher(cloud.apps())))
+    server = Server(uvicorn_config(PortDispatcher(cloud.apps())))
     store_port = settings.object_store.port
     workers = Workers(settings, next(s for s in sockets if s.getsockname()[1] == store_port),
                       settings.object_store.worker_count())

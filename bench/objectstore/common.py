@@ -201,6 +201,45 @@ class Peer:
                        capture_output=True)
 
 
+def durable_creates(directory: Path, n: int = 3000, conc: int = 16, size: int = 4096) -> float:
+    """What the file system allows a correct object store: files/s of
+    `conc` threads each writing `size` bytes to a temp file, fdatasync, rename
+    into a new hash directory, fsync of that directory (the minimum a PUT that
+    is durable when acknowledged costs), with no HTTP, no database and almost
+    no CPU. The small-object PUT and DELETE figures are bounded by this."""
+    import threading
+    root = directory / f"durable-{os.getpid()}"
+    (root / "tmp").mkdir(parents=True)
+    data, counter, lock = os.urandom(size), iter(range(n)), threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            tmp, d = root / "tmp" / f"t{i}", root / f"p{i % 512}" / f"h{i}"
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o644)
+            os.write(fd, data)
+            os.fdatasync(fd)
+            os.close(fd)
+            d.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, d / "x.data")
+            dfd = os.open(d, os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
+    threads = [threading.Thread(target=work) for _ in range(conc)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rate = n / (time.perf_counter() - t0)
+    import shutil
+    shutil.rmtree(root, ignore_errors=True)
+    return rate
+
+
 def disk_speed(directory: Path) -> dict:
     """The disk under `directory`, as the peer's baseline.sh measures it: dd
     of 1 GiB of random data (from /dev/shm) with conv=fdatasync, then the
@@ -219,7 +258,8 @@ def disk_speed(directory: Path) -> dict:
             return int(out.split()[0]) / 1e6 / float(out.split(", ")[-2].split()[0])
         write = dd(f"if={src}", f"of={f}", "bs=1M", "count=1024", "conv=fdatasync")
         read = dd(f"if={f}", "of=/dev/null", "bs=1M", "iflag=direct")
-        return {"write_fdatasync_MBps": write, "read_direct_MBps": read}
+        return {"write_fdatasync_MBps": write, "read_direct_MBps": read,
+                "durable_creates": durable_creates(directory)}
     finally:
         for p in (src, f):
             p.unlink(missing_ok=True)

@@ -265,7 +265,9 @@ def main(argv=None) -> int:
     try:
         disk = disk_speed(root)
         print(f"disk (dd 1 GiB): write+fdatasync {disk['write_fdatasync_MBps']:.0f} MB/s, "
-              f"O_DIRECT read {disk['read_direct_MBps']:.0f} MB/s", flush=True)
+              f"O_DIRECT read {disk['read_direct_MBps']:.0f} MB/s; durable 4 KiB creates at "
+              f"c=16 (temp, fdatasync, rename, fsync dir) {disk['durable_creates']:.0f}/s",
+              flush=True)
         targets = []
         for box in boxes:
             box.start()
@@ -295,7 +297,8 @@ def main(argv=None) -> int:
                       f" (cpu {lg['GET_cpu']:.1f} ms/MiB)", flush=True)
         disk_end = disk_speed(root)
         print(f"disk again (dd 1 GiB): write+fdatasync {disk_end['write_fdatasync_MBps']:.0f} "
-              f"MB/s, O_DIRECT read {disk_end['read_direct_MBps']:.0f} MB/s")
+              f"MB/s, O_DIRECT read {disk_end['read_direct_MBps']:.0f} MB/s; durable creates "
+              f"{disk_end['durable_creates']:.0f}/s")
         report(results, a, [disk, disk_end])
         if a.big_gib > 0:
             b = big_stream(targets[0], a.big_gib)
@@ -336,6 +339,10 @@ def report(results: dict, a, disks: list[dict]) -> None:
     for mine, theirs, line in ratios(med, a.replicas):
         print(line + f"; {a.large_mib} MiB PUT {med[mine]['LPUT'] / med[theirs]['LPUT']:.2f}x "
               f"GET {med[mine]['LGET'] / med[theirs]['LGET']:.2f}x")
+    dc = statistics.median(d["durable_creates"] for d in disks)
+    for name, row in med.items():
+        print(f"{name} small PUT {row['PUT', 'ops'] / dc:.2f}x, DELETE "
+              f"{row['DELETE', 'ops'] / dc:.2f}x the disk's durable creates ({dc:.0f}/s)")
     w = statistics.median(d["write_fdatasync_MBps"] for d in disks)
     rd = statistics.median(d["read_direct_MBps"] for d in disks)
     for name, row in med.items():

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from email.utils import formatdate
 
+from stackbox.common.http.serving import new_event_loop  # noqa: F401 (bench/, tests use it here)
 from stackbox.metadata import content, tokens
 from stackbox.metadata.content import Documents, InstanceMetadata
 
@@ -704,16 +705,6 @@ class _Connection(asyncio.Protocol):
         self._send(status, f"{_REASONS[status]}: {message}\n".encode(), b"text/plain", False)
         self.closing = True
         self.transport.close()
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed (about twice the requests per CPU-second in a
-    boot storm, see bench/metadata), else the standard loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 class MetadataThread:

@@ -118,17 +118,17 @@ def serve_worker(settings, fd: int, index: int) -> None:
     """A worker's life: the object-store app on the inherited socket."""
     from stackbox.common.db import Database
     from stackbox.identity.service import IdentityService
-    from stackbox.metadata.server import new_event_loop
     from stackbox.objectstore.bootstrap import build_service
-    from stackbox.server import _return_big_allocations_to_the_os, _Server, uvicorn_config
+    from stackbox.common.http.serving import (Server, new_event_loop,
+                                              return_big_allocations_to_the_os, uvicorn_config)
 
-    _return_big_allocations_to_the_os()
+    return_big_allocations_to_the_os()
     sock = socket.socket(fileno=fd)
     db = Database(settings.database_url)
     generation = SharedGeneration(generation_path(settings.data_dir))
     identity = IdentityService(db, settings, generation=generation)
     objectstore = build_service(db, settings, generation=generation)
-    server = _Server(uvicorn_config(build_port_app(settings, identity, objectstore,
+    server = Server(uvicorn_config(build_port_app(settings, identity, objectstore,
                                                    generation)))
     log.info("object-store worker %d serving port %d", index, settings.object_store.port)
     try:
