@@ -11,6 +11,38 @@ from pathlib import Path
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """RotatingFileHandler that formats each record once and keeps the file's
+    size itself. The standard one stats the path twice, formats the record a
+    second time and seeks to the end for every record; with one access-log
+    line per object request that was ~5% of a small GET's CPU. Every process
+    writes its own file (stackbox.log, object-worker-N.log), so the size kept
+    here is the file's."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._size = self.stream.tell() if self.stream is not None else 0
+
+    def emit(self, record):
+        try:
+            msg = self.format(record) + self.terminator
+            if self.stream is None:
+                self.stream = self._open()
+                self._size = self.stream.tell()
+            if self.maxBytes > 0 and self._size + len(msg) > self.maxBytes and self._size:
+                self.doRollover()
+                self._size = 0
+                if self.stream is None:
+                    self.stream = self._open()
+            self.stream.write(msg)
+            self.stream.flush()
+            self._size += len(msg)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 def setup(data_dir: Path, *, level: str, max_bytes: int, backups: int,
           to_stderr: bool, name: str = "stackbox.log") -> Path:
     log_dir = data_dir / "log"
@@ -19,8 +51,7 @@ def setup(data_dir: Path, *, level: str, max_bytes: int, backups: int,
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level.upper())
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes,
-                                                   backupCount=backups)
+    handler = _LogFile(path, maxBytes=max_bytes, backupCount=backups)
     handler.setFormatter(logging.Formatter(FORMAT))
     root.addHandler(handler)
     if to_stderr:

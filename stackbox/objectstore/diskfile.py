@@ -186,10 +186,14 @@ class DiskFileManager:
         self.chunk_size = chunk_size
 
     # -- paths --
-    def _device_dir(self, device: str) -> str:
+    @staticmethod
+    def _device_name(device: str) -> str:
         if not isinstance(device, str) or not device or "/" in device or device in (".", ".."):
             raise BadRequest(f"invalid device name {device!r}", field="device")
-        path = os.path.join(self.devices_root, device)
+        return device
+
+    def _device_dir(self, device: str) -> str:
+        path = os.path.join(self.devices_root, self._device_name(device))
         # Never create a device directory: writing into an unmounted mount
         # point would fill the root file system (Swift's mount_check, 507).
         if not os.path.isdir(path):
@@ -197,15 +201,18 @@ class DiskFileManager:
         return path
 
     def object_dir(self, device: str, partition: int, account: str, container: str,
-                   obj: str) -> str:
+                   obj: str, *, check_device: bool = True) -> str:
+        """check_device=False skips the device's stat: for readers, which
+        check it only when they find nothing (see open)."""
         if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
             raise BadRequest(f"invalid partition {partition!r}", field="partition")
         if container is None or obj is None:
             raise BadRequest("account, container and object are required", field="object")
         digest = hash_path(account, container, obj, prefix=self.hash_prefix,
                            suffix=self.hash_suffix).hex()
-        return os.path.join(self._device_dir(device), "objects", str(partition),
-                            digest[-3:], digest)
+        root = (self._device_dir(device) if check_device
+                else os.path.join(self.devices_root, self._device_name(device)))
+        return os.path.join(root, "objects", str(partition), digest[-3:], digest)
 
     # -- lifecycle --
     def writer(self, device: str, partition: int, account: str, container: str,
@@ -222,9 +229,12 @@ class DiskFileManager:
     def open(self, device: str, partition: int, account: str, container: str,
              obj: str) -> "Reader":
         """The newest version, or NotFound (never existed, or deleted)."""
-        datadir = self.object_dir(device, partition, account, container, obj)
+        datadir = self.object_dir(device, partition, account, container, obj,
+                                  check_device=False)
         for _attempt in range(3):
             files = _on_disk(datadir)
+            if not files:
+                self._device_dir(device)      # a missing device is unavailable, not empty
             if not files or files[0][2].endswith(".ts"):
                 raise NotFound(f"object {object_path(account, container, obj)} not found",
                                field="object")
