@@ -12,8 +12,9 @@ then go together in the next one: the first to arrive leads (runs the
 transaction for everyone queued), the others sleep until their results are
 in; then the next waiting request leads the next batch. Each container is
 touched once per batch (which also takes SQLite's write lock first: two
-readers upgrading to writers would fail with "database locked"), and its
-counters are updated once with the batch's sum.
+readers upgrading to writers would fail with "database locked"), the rows
+of the batch's names are read in one query, and the difference is written
+with one statement per kind (executemany) and one counter update.
 
 Results are per request: a PUT into a container deleted during the upload
 gets NotFound while the rest of its batch commits. A database error fails
@@ -44,7 +45,9 @@ class _SQL:
     count = update(Container).where(*_c).values(
         object_count=Container.object_count + bindparam("dc"),
         bytes_used=Container.bytes_used + bindparam("db"))
-    row = select(Object.size, Object.timestamp).where(*_o)
+    rows = select(Object.name, Object.size, Object.timestamp).where(
+        Object.account == bindparam("a"), Object.container == bindparam("c"),
+        Object.name.in_(bindparam("names", expanding=True)))
     insert_row = insert(Object)
     update_row = update(Object).where(*_o).values(
         {c: bindparam("v_" + c) for c in ("size", "etag", "content_type", "timestamp",
@@ -134,50 +137,73 @@ class ListingWriter:
                 self._leading = False
 
     def _commit(self, batch: list[_Slot]) -> None:
+        """Per container in the batch: touch it (taking SQLite's write lock),
+        read the rows of every name the batch changes in one query, play the
+        changes in arrival order on those rows in memory (each request gets
+        its own result), then write only the difference: one executemany each
+        for new, changed and removed rows, one counter update."""
+        by_container: dict[tuple[str, str], list[_Slot]] = {}
+        for slot in batch:
+            by_container.setdefault((slot.change.account, slot.change.container),
+                                    []).append(slot)
         with self.engine.begin() as conn:
-            live = {}
-            for slot in batch:
-                key = (slot.change.account, slot.change.container)
-                if key not in live:
-                    live[key] = bool(conn.execute(_SQL.touch, {"a": key[0], "c": key[1]})
-                                     .rowcount)
-            deltas: dict[tuple[str, str], list[int]] = {}
-            for slot in batch:
-                ch = slot.change
-                key = (ch.account, ch.container)
-                if not live[key]:
-                    if isinstance(ch, Put):
-                        slot.error = NotFound(f"container {ch.container} was deleted during "
-                                              f"the upload", field="container")
-                    slot.result = False
+            for (a, c), slots in by_container.items():
+                if not conn.execute(_SQL.touch, {"a": a, "c": c}).rowcount:
+                    for slot in slots:
+                        slot.result = False
+                        if isinstance(slot.change, Put):
+                            slot.error = NotFound(f"container {c} was deleted during the "
+                                                  f"upload", field="container")
                     continue
-                d = deltas.setdefault(key, [0, 0])
-                slot.result = self._one(conn, ch, d)
-            for (a, c), (dc, db) in deltas.items():
-                if dc or db:
-                    conn.execute(_SQL.count, {"a": a, "c": c, "dc": dc, "db": db})
+                names = list({slot.change.name for slot in slots})
+                before = {r.name: (r.size, r.timestamp)
+                          for r in conn.execute(_SQL.rows, {"a": a, "c": c, "names": names})}
+                after: dict[str, tuple[int, str] | None] = dict(before)
+                puts: dict[str, Put] = {}
+                for slot in slots:
+                    slot.result = self._play(slot.change, after, puts)
+                self._write(conn, a, c, names, before, after, puts)
 
     @staticmethod
-    def _one(conn, ch: Put | Remove, delta: list[int]) -> bool:
-        key = {"a": ch.account, "c": ch.container, "n": ch.name}
-        old = conn.execute(_SQL.row, key).first()
-        if old is not None and old.timestamp >= ch.timestamp:
-            return False
+    def _play(ch: Put | Remove, rows: dict, puts: dict) -> bool:
+        cur = rows.get(ch.name)
+        if cur is not None and cur[1] >= ch.timestamp:
+            return False                    # a newer (or the same) version is listed
         if isinstance(ch, Remove):
-            if old is None:
+            if cur is None:
                 return False
-            conn.execute(_SQL.delete_row, key)
-            delta[0] -= 1
-            delta[1] -= old.size
+            rows[ch.name] = None
             return True
-        values = {"size": ch.size, "etag": ch.etag, "content_type": ch.content_type,
-                  "timestamp": ch.timestamp, "delete_at": ch.delete_at, "slo": ch.slo}
-        if old is None:
-            conn.execute(_SQL.insert_row, dict(values, account=ch.account,
-                                               container=ch.container, name=ch.name))
-            delta[0] += 1
-            delta[1] += ch.size
-        else:
-            conn.execute(_SQL.update_row, dict(key, **{"v_" + k: v for k, v in values.items()}))
-            delta[1] += ch.size - old.size
+        rows[ch.name] = (ch.size, ch.timestamp)
+        puts[ch.name] = ch
         return True
+
+    @staticmethod
+    def _write(conn, a: str, c: str, names: list[str], before: dict, after: dict,
+               puts: dict) -> None:
+        inserts, updates, deletes = [], [], []
+        count = size = 0
+        for n in names:
+            old, new = before.get(n), after.get(n)
+            count += (new is not None) - (old is not None)
+            size += (new[0] if new else 0) - (old[0] if old else 0)
+            if new is None:
+                if old is not None:
+                    deletes.append({"a": a, "c": c, "n": n})
+            elif new != old:
+                p = puts[n]
+                values = {"size": p.size, "etag": p.etag, "content_type": p.content_type,
+                          "timestamp": p.timestamp, "delete_at": p.delete_at, "slo": p.slo}
+                if old is None:
+                    inserts.append(dict(values, account=a, container=c, name=n))
+                else:
+                    updates.append({"a": a, "c": c, "n": n,
+                                    **{"v_" + k: v for k, v in values.items()}})
+        if inserts:
+            conn.execute(_SQL.insert_row, inserts)
+        if updates:
+            conn.execute(_SQL.update_row, updates)
+        if deletes:
+            conn.execute(_SQL.delete_row, deletes)
+        if count or size:
+            conn.execute(_SQL.count, {"a": a, "c": c, "dc": count, "db": size})

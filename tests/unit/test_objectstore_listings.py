@@ -121,3 +121,17 @@ def test_shared_generation_is_seen_by_every_mapping(tmp_path):
     local = LocalGeneration()
     local.bump()
     assert local.value() == 1
+
+
+def test_changes_to_one_name_in_one_batch_apply_in_arrival_order(db):
+    from stackbox.objectstore.listings import _Slot
+    w = ListingWriter(db.engine)
+    assert w.apply(put("a", 5, 10)) is True
+    batch = [_Slot(put("a", 7, 12)), _Slot(Remove("AUTH_a", "c1", "a", "0000000013.00000")),
+             _Slot(put("b", 3, 10)), _Slot(Remove("AUTH_a", "c1", "b", "0000000011.00000")),
+             _Slot(put("c", 4, 10)), _Slot(put("c", 9, 9)),
+             _Slot(Remove("AUTH_a", "c1", "d", "0000000011.00000")), _Slot(put("d", 2, 12))]
+    w._commit(batch)
+    assert [s.result for s in batch] == [True, True, True, True, True, False, False, True]
+    assert names(db) == ["c", "d"]
+    assert counters(db)["c1"] == (2, 6)
