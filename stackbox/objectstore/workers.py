@@ -128,8 +128,12 @@ def serve_worker(settings, fd: int, index: int) -> None:
     generation = SharedGeneration(generation_path(settings.data_dir))
     identity = IdentityService(db, settings, generation=generation)
     objectstore = build_service(db, settings, generation=generation)
+    # A worker is stopped by the stackbox process (SIGTERM). It ignores the
+    # SIGINT that Ctrl-C in the terminal of a foreground `stackbox up` sends
+    # to the whole process group: the stackbox process stops it then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     server = Server(uvicorn_config(build_port_app(settings, identity, objectstore,
-                                                   generation)))
+                                                  generation)), signals=(signal.SIGTERM,))
     log.info("object-store worker %d serving port %d", index, settings.object_store.port)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:

@@ -13,17 +13,23 @@ import uvicorn
 
 class Server(uvicorn.Server):
     """uvicorn re-raises SIGTERM after a graceful stop, which would kill the
-    process before it removes its pidfile; stop gracefully and return instead."""
+    process before it removes its pidfile; stop gracefully and return instead.
+    `signals`: what stops it (an object-store worker obeys only SIGTERM from
+    the stackbox process, not the Ctrl-C sent to the whole terminal group)."""
+
+    def __init__(self, config, *, signals=(signal.SIGINT, signal.SIGTERM)):
+        super().__init__(config)
+        self.signals = signals
 
     @contextlib.contextmanager
     def capture_signals(self):
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in self.signals:
             loop.add_signal_handler(sig, self.handle_exit, sig, None)
         try:
             yield
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in self.signals:
                 loop.remove_signal_handler(sig)
 
 
