@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from stackbox.common.generation import SharedGeneration
@@ -30,7 +31,9 @@ from stackbox.common.generation import SharedGeneration
 log = logging.getLogger("stackbox.objectstore.workers")
 
 PR_SET_PDEATHSIG = 1
-RESTART_DELAY = 1.0
+RESTART_DELAY = 1.0          # seconds between checks, and before a restart
+MAX_RESTART_DELAY = 60.0
+YOUNG = 10.0                 # a worker that dies younger than this waits longer
 
 
 def generation_path(data_dir: Path) -> Path:
@@ -56,6 +59,7 @@ class Workers:
     def __init__(self, settings, sock: socket.socket, count: int):
         self.settings, self.sock, self.count = settings, sock, count
         self.procs: dict[int, subprocess.Popen] = {}
+        self.started: dict[int, float] = {}
 
     def _spawn(self, index: int) -> subprocess.Popen:
         log_dir = self.settings.data_dir / "log"
@@ -69,6 +73,7 @@ class Workers:
         # the settings as JSON on stdin: exactly what this process runs with
         proc.stdin.write(self.settings.model_dump_json().encode())
         proc.stdin.close()
+        self.started[index] = time.monotonic()
         return proc
 
     def start(self) -> None:
@@ -79,12 +84,26 @@ class Workers:
                      ", ".join(str(p.pid) for p in self.procs.values()))
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Start again a worker that exited (crash, OOM kill) until `stop`."""
+        """Start again a worker that exited (crash, OOM kill) until `stop`.
+        One that dies young (a start-up failure) waits longer each time, up
+        to a minute, so a broken worker does not spin."""
+        delay = {index: RESTART_DELAY for index in self.procs}
+        due: dict[int, float] = {}
         while not stop.is_set():
+            now = time.monotonic()
             for index, proc in list(self.procs.items()):
-                if proc.poll() is not None and not stop.is_set():
+                if proc.poll() is None or stop.is_set():
+                    continue
+                if index not in due:
+                    young = now - self.started[index] < YOUNG
+                    delay[index] = min(MAX_RESTART_DELAY, 2 * delay[index]) if young \
+                        else RESTART_DELAY
+                    due[index] = now + (delay[index] if young else 0)
                     log.warning("object-store worker %d (pid %d) exited with %s; starting "
-                                "it again", index, proc.pid, proc.returncode)
+                                "it again%s", index, proc.pid, proc.returncode,
+                                f" in {delay[index]:.0f} s" if young else "")
+                if now >= due[index]:
+                    del due[index]
                     self.procs[index] = self._spawn(index)
             try:
                 await asyncio.wait_for(stop.wait(), RESTART_DELAY)
