@@ -31,8 +31,8 @@ from stackbox.compute.service import ComputeService
 from stackbox.objectstore.auditor import Auditor
 from stackbox.objectstore.replicator import Replicator
 from stackbox.objectstore.bootstrap import build_service as build_objectstore
-from stackbox.objectstore.workers import SharedGeneration, Workers, build_port_app, \
-    generation_path
+from stackbox.common.generation import SharedGeneration
+from stackbox.objectstore.workers import Workers, build_port_app, generation_path
 from stackbox.network.api import build_app as build_network_app
 from stackbox.network.service import NetworkService
 

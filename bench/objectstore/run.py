@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (Peer, Stackbox, cpu_seconds, disk_speed, load_average, pct,  # noqa: E402
-                    ratios)
+                    ratios, read_into)
 
 
 class Target:
@@ -160,17 +160,10 @@ def large(t: Target, count, mib) -> dict:
         t0 = time.perf_counter()
         c.request("GET", f"{cont}/big{i}", headers={"X-Auth-Token": t.token})
         resp = c.getresponse()
-        got = 0
-        while got < len(into):
-            n = resp.readinto(view[got:got + (1 << 20)])
-            if not n:
-                break
-            got += n
+        got = read_into(resp, view)
         assert resp.read() == b""
         gets.append(time.perf_counter() - t0)
         cpu["GET"] += cpu_seconds(pgids) - cpu1
-        # byte for byte against what was sent (memcmp: an md5 here would cap
-        # the client at ~700 MiB/s on this machine and measure the client)
         assert resp.status == 200 and got == len(data) and into == data
         del data
         t.req(c, "DELETE", f"{cont}/big{i}")

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Peer, Stackbox, cpu_seconds, load_average, pct, ratios  # noqa: E402
+from common import (Peer, Stackbox, cpu_seconds, load_average, pct, ratios,  # noqa: E402
+                    read_into)
 
 CLIENT = "signed-http"      # or "boto3" (--client)
 
@@ -92,7 +93,7 @@ class SignedHttp:
         self.signer = S3SigV4Auth(Credentials(access, secret), "s3", region)
         self.conn = None
 
-    def request(self, method, path, body=b"", ok=(200,)):
+    def request(self, method, path, body=b""):
         import http.client
         from botocore.awsrequest import AWSRequest
         req = AWSRequest(method, self.base + path, data=body)
@@ -217,12 +218,7 @@ def large(t: Target, count: int, mib: int) -> dict:
         t0 = time.perf_counter()
         if isinstance(c, SignedHttp):
             resp = c.request("GET", f"/{bucket}/big{i}")
-            got = 0
-            while got < len(into):
-                n = resp.readinto(view[got:got + (1 << 20)])
-                if not n:
-                    break
-                got += n
+            got = read_into(resp, view)
             assert resp.status == 200 and resp.read() == b""
         else:
             stream = c.get_object(Bucket=bucket, Key=f"big{i}")["Body"]
