@@ -21,7 +21,6 @@ from starlette.concurrency import run_in_threadpool as call
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
 from stackbox.common.errors import BadRequest, Forbidden, NotFound, StackboxError
 from stackbox.common.http.app import build_service_app
@@ -657,7 +656,7 @@ class SwiftApi:
                 return Response(json.dumps(result), media_type="application/json")
             return Response(f"Number Deleted: {n}\nNumber Not Found: 0\nResponse Body: \n"
                             f"Response Status: 200 OK\nErrors:\n", media_type="text/plain")
-        await call(self.svc.delete_object, account, container, obj)
+        await self.svc.delete_object_async(account, container, obj)
         return Response(status_code=204)
 
 
@@ -682,8 +681,6 @@ def _slice(pieces: list[tuple[str, str, int]], start: int, end: int):
 
 def build_app(svc: ObjectStoreService, *, validator):
     api = SwiftApi(svc)
-    methods = ["GET", "HEAD", "PUT", "POST", "DELETE", "COPY", "OPTIONS"]
-    routes = [Route("/{path:path}", api.dispatch, methods=methods)]
-    app = build_service_app("object-store", routes, dialect=SwiftDialect(),
+    app = build_service_app("object-store", handler=api.dispatch, dialect=SwiftDialect(),
                             validator=validator, auth_required=False)
     return Gatekeeper(app)

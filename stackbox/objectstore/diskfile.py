@@ -30,11 +30,12 @@ exactly as in Swift, so replicas converge however writes interleave.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
+import itertools
 import json
 import os
 import struct
-import tempfile
 import time
 import uuid
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -155,15 +156,6 @@ def _on_disk(datadir: str) -> list[tuple[int, int, str]]:
     return sorted(found, reverse=True)
 
 
-def _cleanup(datadir: str) -> None:
-    """Keep only the newest file: older data is superseded, not history."""
-    for _ticks_, _rank, name in _on_disk(datadir)[1:]:
-        try:
-            os.unlink(os.path.join(datadir, name))
-        except FileNotFoundError:
-            pass   # a concurrent cleanup got there first
-
-
 # --- the backend API ---------------------------------------------------------
 
 class DiskFileManager:
@@ -218,12 +210,21 @@ class DiskFileManager:
     def writer(self, device: str, partition: int, account: str, container: str,
                obj: str, *, hashing: bool = True) -> "Writer":
         """hashing=False: the caller computes the md5 once for several
-        replicas and passes it to commit() as metadata["etag"]."""
-        datadir = self.object_dir(device, partition, account, container, obj)
-        tmpdir = os.path.join(self._device_dir(device), "tmp")
-        if not os.path.isdir(tmpdir):
+        replicas and passes it to commit() as metadata["etag"].
+
+        No stat of the device per upload: the temp file is created in
+        <device>/tmp, and only when that fails is the device checked (a
+        missing one is ServiceUnavailable) and its tmp made."""
+        datadir = self.object_dir(device, partition, account, container, obj,
+                                  check_device=False)
+        tmpdir = os.path.join(self.devices_root, self._device_name(device), "tmp")
+        try:
+            fd, tmp = _create_tmp(tmpdir)
+        except FileNotFoundError:
+            self._device_dir(device)
             fsutil.makedirs_durable(tmpdir)
-        return Writer(self, datadir, object_path(account, container, obj), tmpdir,
+            fd, tmp = _create_tmp(tmpdir)
+        return Writer(self, datadir, object_path(account, container, obj), fd, tmp,
                       hashing=hashing)
 
     def open(self, device: str, partition: int, account: str, container: str,
@@ -281,18 +282,13 @@ class DiskFileManager:
         The tombstone is kept (not just an unlink) so that a replica still
         holding an older PUT, or an older PUT still in flight, loses to it."""
         ts = normalize_timestamp(timestamp)
-        datadir = self.object_dir(device, partition, account, container, obj)
-        existing = _on_disk(datadir)
-        if existing and existing[0][0] >= _ticks(ts):
-            raise OlderTimestamp(f"a newer version exists at {existing[0][2]}",
-                                 timestamp=ts, existing=existing[0][2].rsplit(".", 1)[0])
         w = self.writer(device, partition, account, container, obj)
         try:
-            w._install({"name": w.name, "timestamp": ts, "deleted": True}, ts, ".ts")
+            replaced = w._install({"name": w.name, "timestamp": ts, "deleted": True}, ts, ".ts")
         except BaseException:
             w.abort()
             raise
-        return bool(existing) and existing[0][2].endswith(".data")
+        return replaced is not None and replaced.endswith(".data")
 
     # -- housekeeping --
     def _quarantine_file(self, path: str) -> str:
@@ -382,41 +378,117 @@ def _writeback_starter():
 _sync_file_range = _writeback_starter()
 SYNC_FILE_RANGE_WRITE = 2
 WRITEBACK_EVERY = 8 * 1024 * 1024
+WRITE_AHEAD = 256 * 1024     # data held before it is written to the temp file
+
+
+_tmp_names = itertools.count()
+
+
+def _create_tmp(tmpdir: str) -> tuple[int, str]:
+    """A new, empty temp file: <pid>-<n>.tmp, O_EXCL so a name a dead process
+    with the same pid left behind is skipped (cheaper than mkstemp's random
+    names, and the pid says who wrote it)."""
+    pid = os.getpid()
+    for _attempt in range(100):
+        path = os.path.join(tmpdir, f"{pid:x}-{next(_tmp_names):x}.tmp")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                           0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temp file name", tmpdir)
+
+
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _renamer():
+    """rename(src, dst) that fails with FileExistsError instead of replacing
+    dst: renameat2(RENAME_NOREPLACE) (Linux 3.15+, ext4/xfs/btrfs/tmpfs),
+    else link + unlink, which is as exclusive."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        fn = None
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                       ctypes.c_uint]
+        fn.restype = ctypes.c_int
+
+    def fallback(src: str, dst: str) -> None:
+        os.link(src, dst)
+        os.unlink(src)
+
+    def rename_noreplace(src: str, dst: str) -> None:
+        nonlocal fn
+        if fn is not None:
+            if fn(-100, os.fsencode(src), -100, os.fsencode(dst), 1) == 0:  # AT_FDCWD, NOREPLACE
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.EINVAL, errno.ENOSYS):
+                raise OSError(err, os.strerror(err), src, None, dst)
+            fn = None        # this file system does not do it: link + unlink from now on
+        fallback(src, dst)
+    return rename_noreplace
+
+
+_rename_noreplace = _renamer()
 
 
 class Writer:
     """Streams one upload to <device>/tmp; nothing is visible until commit.
     Use as a context manager: leaving the block without commit aborts.
 
+    Small uploads cost few system calls: the data is held until WRITE_AHEAD
+    bytes (or the commit), so a 4 KiB object is one write() with its
+    metadata; commit is fdatasync, mkdir of its directory, one exclusive
+    rename, fsync of the directory and one listing of it (to drop the
+    versions it supersedes). Each call also releases and retakes the
+    interpreter lock, which many threads then fight over.
+
     A large upload starts the disk writing every WRITEBACK_EVERY bytes (no
     waiting), so the commit's fdatasync finds little left to flush and the
     disk works while the network delivers the rest (Swift's bytes_per_sync
     does the same with fdatasync)."""
 
-    def __init__(self, mgr: DiskFileManager, datadir: str, name: str, tmpdir: str, *,
+    def __init__(self, mgr: DiskFileManager, datadir: str, name: str, fd: int, tmp: str, *,
                  hashing: bool = True):
         self._mgr, self.datadir, self.name = mgr, datadir, name
-        fd, self._tmp = tempfile.mkstemp(dir=tmpdir, suffix=".tmp")
-        self._file = os.fdopen(fd, "wb")
+        self._fd, self._tmp = fd, tmp
         self._md5 = hashlib.md5(usedforsecurity=False) if hashing else None
         self._size = 0
+        self._held: list = []    # data not yet written to the file
+        self._held_bytes = 0
+        self._written = 0       # bytes in the file
         self._synced = 0        # bytes handed to the disk's writeback so far
         self._done = False
 
     def write(self, chunk: bytes) -> int:
         if self._done:
             raise BadRequest("writer is already closed", field="body")
-        self._file.write(chunk)
         if self._md5 is not None:
             self._md5.update(chunk)
         self._size += len(chunk)
-        if self._size - self._synced >= WRITEBACK_EVERY and _sync_file_range is not None:
-            self._file.flush()
+        self._held.append(chunk)
+        self._held_bytes += len(chunk)
+        if self._held_bytes >= WRITE_AHEAD:
+            self._flush()
+        if self._written - self._synced >= WRITEBACK_EVERY and _sync_file_range is not None:
             # advisory only: the commit's fdatasync is what makes it durable
-            _sync_file_range(self._file.fileno(), self._synced, self._size - self._synced,
+            _sync_file_range(self._fd, self._synced, self._written - self._synced,
                              SYNC_FILE_RANGE_WRITE)
-            self._synced = self._size
+            self._synced = self._written
         return len(chunk)
+
+    def _flush(self) -> None:
+        data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held.clear()
+        self._held_bytes = 0
+        _write_all(self._fd, data)
+        self._written += len(data)
 
     def commit(self, metadata: dict, *, timestamp: float | str | None = None) -> dict:
         """Make the upload the object's current version; returns the stored
@@ -448,48 +520,76 @@ class Writer:
             self.abort()
             raise
 
-    def _install(self, meta: dict, ts: str, ext: str) -> None:
+    def _install(self, meta: dict, ts: str, ext: str) -> str | None:
+        """Make the temp file the version `ts`; returns the name of the file it
+        supersedes (None: the directory held nothing older)."""
         raw = _encode_metadata(meta)
-        self._file.write(raw)
-        self._file.write(_footer(raw, self._size))
-        self._file.flush()
+        self._held.append(raw)
+        self._held.append(_footer(raw, self._size))
+        self._flush()
         # fdatasync: the data and what is needed to read it back (size,
         # blocks); a new file's timestamps are not worth a second flush
-        os.fdatasync(self._file.fileno())
-        self._file.close()
-        # Checked as late as possible; a race past this check is still safe
-        # because _cleanup (and every reader) keeps only the newest file.
-        existing = _on_disk(self.datadir)
-        if existing and existing[0][0] >= _ticks(ts):
-            self.abort()
-            raise OlderTimestamp(f"a newer or equal version exists: {existing[0][2]}",
-                                 timestamp=ts, existing=existing[0][2].rsplit(".", 1)[0])
+        os.fdatasync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
         # No fsync of each new parent (partition, suffix): ext4 and XFS journal
         # metadata in order, so the fsync of the hash directory below commits
         # the mkdirs made before it too. Swift relies on the same; it saves a
         # third fsync on every PUT of a new name (and its kernel CPU).
-        os.makedirs(self.datadir, exist_ok=True)
-        os.rename(self._tmp, os.path.join(self.datadir, ts + ext))
+        try:
+            os.mkdir(self.datadir)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:
+            os.makedirs(self.datadir, exist_ok=True)
+        mine = ts + ext
+        try:
+            # never replace: the same name is the same version (or a tie with
+            # a concurrent writer), and the first one stays
+            _rename_noreplace(self._tmp, os.path.join(self.datadir, mine))
+        except FileExistsError:
+            self.abort()
+            raise OlderTimestamp(f"version {mine} exists already", timestamp=ts,
+                                 existing=ts) from None
         self._done = True
+        # Whether a newer version exists is checked after the rename: every
+        # reader takes the newest file, so an older one renamed in is never
+        # served, and is removed again here.
+        files = _on_disk(self.datadir)
+        ticks = _ticks(ts)
+        for t, _rank, name in files[:2]:
+            if name != mine and t >= ticks:     # a tie is no newer either (Swift: 409)
+                _unlink_quietly(os.path.join(self.datadir, mine))
+                raise OlderTimestamp(f"a newer or equal version exists: {name}",
+                                     timestamp=ts, existing=name.rsplit(".", 1)[0])
         fsutil.fsync_dir(self.datadir)
-        _cleanup(self.datadir)
+        # Keep only the newest file: older data is superseded, not history.
+        for _ticks_, _rank, name in files[1:]:
+            _unlink_quietly(os.path.join(self.datadir, name))
+        return files[1][2] if len(files) > 1 else None   # files[0] is mine
 
     def abort(self) -> None:
         """Discard the upload: a failed PUT leaves nothing behind."""
         if self._done:
             return
         self._done = True
-        self._file.close()
-        try:
-            os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        _unlink_quietly(self._tmp)
 
     def __enter__(self) -> "Writer":
         return self
 
     def __exit__(self, *exc) -> None:
         self.abort()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass     # a concurrent cleanup got there first
 
 
 class Reader:

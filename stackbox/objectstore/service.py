@@ -42,7 +42,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import AsyncIterable, Iterable, Iterator
+from typing import AsyncIterable, Callable, Iterable, Iterator
 
 import anyio
 from sqlalchemy import func, select
@@ -724,7 +724,7 @@ class ObjectStoreService:
                 start()
             if data:
                 flush(data)
-            return self._finish_put(state["w"], state["info"], name, **{
+            return self._finish_put(state["w"], state["info"], name, record=False, **{
                 k: v for k, v in kw.items() if k != "if_none_match"})
 
         parts: list[bytes] = []
@@ -744,7 +744,7 @@ class ObjectStoreService:
             if writing is not None:
                 await writing
                 writing = None
-            return await anyio.to_thread.run_sync(finish, b"".join(parts))
+            obj = await anyio.to_thread.run_sync(finish, b"".join(parts))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 if writing is not None:
@@ -753,10 +753,14 @@ class ObjectStoreService:
                 if "w" in state:
                     await anyio.to_thread.run_sync(state["w"].abort)
             raise
+        await self._listings.apply_async(self._listing_put(obj))
+        return obj
 
     def _finish_put(self, w, info: ContainerInfo, name: str, *, content_type=None, meta=None,
                     headers=None, etag=None, size=None, delete_at=None,
-                    extra=None, versioned=True) -> ObjectInfo:
+                    extra=None, versioned=True, record=True) -> ObjectInfo:
+        """record=False: the caller writes the listing row (put_object_async
+        awaits it on its event loop instead of holding a thread)."""
         try:
             if size is not None and w.size != size:
                 raise BadRequest(f"Content-Length says {size} bytes but {w.size} arrived",
@@ -774,7 +778,8 @@ class ObjectStoreService:
             w.abort()
             raise
         obj = ObjectInfo.from_disk(info.account, info.name, name, stored)
-        self._record(obj)
+        if record:
+            self._record(obj)
         return obj
 
     @staticmethod
@@ -790,8 +795,12 @@ class ObjectStoreService:
     def _record(self, obj: ObjectInfo) -> None:
         """The listing row and the container counters (group commit with the
         other PUTs and DELETEs of this process: stackbox.objectstore.listings)."""
-        self._listings.apply(Put(obj.account, obj.container, obj.name, obj.size, obj.etag,
-                                 obj.content_type, obj.timestamp, obj.delete_at, obj.slo))
+        self._listings.apply(self._listing_put(obj))
+
+    @staticmethod
+    def _listing_put(obj: ObjectInfo) -> Put:
+        return Put(obj.account, obj.container, obj.name, obj.size, obj.etag,
+                   obj.content_type, obj.timestamp, obj.delete_at, obj.slo)
 
     def post_object(self, account: str, container: str, name: str, *,
                     meta: dict | None = None, content_type: str | None = None,
@@ -883,15 +892,40 @@ class ObjectStoreService:
         return True
 
     def delete_object(self, account: str, container: str, name: str) -> None:
+        deleted = self._delete_on_disk(account, container, name)
+        if deleted is not None:
+            removed = self._unrecord(account, container, name, deleted[1])
+            self._check_deleted(name, deleted[0], removed)
+
+    async def delete_object_async(self, account: str, container: str, name: str, *,
+                                  check: Callable[[], object] | None = None) -> None:
+        """delete_object for an event loop: the disk work in a worker thread
+        (after `check`, an authorization, in the same thread), the listing row
+        awaited (see put_object_async)."""
+        def on_disk():
+            if check is not None:
+                check()
+            return self._delete_on_disk(account, container, name)
+        deleted = await anyio.to_thread.run_sync(on_disk)
+        if deleted is not None:
+            removed = await self._listings.apply_async(Remove(account, container, name,
+                                                              deleted[1]))
+            self._check_deleted(name, deleted[0], removed)
+
+    def _delete_on_disk(self, account: str, container: str, name: str) -> tuple[bool, str] | None:
+        """Tombstones written: (whether the object existed, their timestamp);
+        None when versioning restored an older version instead."""
         check_object(name)
         info = self.container_info(account, container)
         if info.sysmeta.get("history_location"):
             self._archive_current(info, name)
         elif info.sysmeta.get("versions_location") and self._restore_previous(info, name):
-            return
+            return None
         ts = now_timestamp()
-        existed = self.backend.delete(account, container, name, ts)
-        removed = self._unrecord(account, container, name, ts)
+        return self.backend.delete(account, container, name, ts), ts
+
+    @staticmethod
+    def _check_deleted(name: str, existed: bool, removed: bool) -> None:
         if not existed and not removed:
             raise NotFound(f"object {name} not found", field="object")
 

@@ -97,3 +97,51 @@ def test_dialects_render_openstack_bodies():
     assert r.status_code == 403 and "cores" in json.loads(r.body)["forbidden"]["message"]
     r = KeystoneDialect().render(RuntimeError("secret detail"))
     assert r.status_code == 500 and "secret detail" not in r.body.decode()
+
+
+def test_handler_app_renders_errors_until_the_response_has_started():
+    """HandlerApp (one endpoint, no router): an error before the response
+    starts becomes the dialect's page; one after it is left to the server."""
+    import asyncio
+
+    from starlette.responses import Response, StreamingResponse
+
+    from stackbox.common.http.app import HandlerApp
+
+    async def handler(request):
+        if request.url.path == "/missing":
+            raise errors.NotFound("no such thing", field="path")
+        if request.url.path == "/broken":
+            raise RuntimeError("bug")
+        if request.url.path == "/midway":
+            async def chunks():
+                yield b"first"
+                raise RuntimeError("disk went away")
+            return StreamingResponse(chunks())
+        return Response(b"fine", status_code=201)
+
+    app = HandlerApp(handler, NovaDialect())
+
+    async def call(path):
+        sent, received = [], []
+
+        async def receive():
+            if not received:
+                received.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()          # the client stays connected
+
+        async def send(message):
+            sent.append(message)
+        scope = {"type": "http", "method": "GET", "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "headers": [], "server": ("127.0.0.1", 1),
+                 "scheme": "http", "root_path": ""}
+        await app(scope, receive, send)
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    assert asyncio.run(call("/ok")) == (201, b"fine")
+    status, body_ = asyncio.run(call("/missing"))
+    assert status == 404 and b"no such thing" in body_
+    assert asyncio.run(call("/broken"))[0] == 500
+    with pytest.raises(RuntimeError, match="disk went away"):
+        asyncio.run(call("/midway"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import tracemalloc
 
@@ -160,6 +161,58 @@ def test_tombstone_beats_older_put(mgr, tmp_path):
     assert get(mgr) == b"v2"
 
 
+def test_delete_at_the_data_timestamp_conflicts(mgr, tmp_path):
+    put(mgr, b"v1", ts="1700000001.00000")
+    with pytest.raises(OlderTimestamp):          # Swift: a tie is not newer, 409
+        mgr.delete(DEV, PART, *NAME, "1700000001.00000")
+    assert get(mgr) == b"v1"
+    assert [f.rsplit("/", 1)[1] for f in files_under(tmp_path / DEV)] == ["1700000001.00000.data"]
+
+
+def test_rename_never_replaces_without_renameat2(mgr, tmp_path, monkeypatch):
+    """Where the file system has no RENAME_NOREPLACE, link + unlink is used:
+    the same version is still never replaced, and no temp file is left."""
+    real = diskfile.ctypes.CDLL
+
+    class NoRenameat2:
+        def __init__(self, *a, **kw):
+            self._lib = real(*a, **kw)
+
+        def __getattr__(self, name):
+            if name == "renameat2":
+                raise AttributeError(name)
+            return getattr(self._lib, name)
+    monkeypatch.setattr(diskfile.ctypes, "CDLL", NoRenameat2)
+    monkeypatch.setattr(diskfile, "_rename_noreplace", diskfile._renamer())
+    put(mgr, b"first", ts="1700000001.00000")
+    with pytest.raises(OlderTimestamp):
+        put(mgr, b"second", ts="1700000001.00000")
+    assert get(mgr) == b"first"
+    put(mgr, b"third", ts="1700000002.00000")
+    assert get(mgr) == b"third"
+    assert os.listdir(tmp_path / DEV / "tmp") == []
+    assert len([f for f in files_under(tmp_path / DEV) if f.startswith("objects/")]) == 1
+
+
+def test_temp_names_skip_a_dead_writers_leftover(mgr, tmp_path, monkeypatch):
+    monkeypatch.setattr(diskfile, "_tmp_names", itertools.count(7))
+    stale = tmp_path / DEV / "tmp" / f"{os.getpid():x}-7.tmp"
+    stale.parent.mkdir()
+    stale.write_bytes(b"from a crashed process with the same pid")
+    put(mgr, b"new")
+    assert get(mgr) == b"new"
+    assert os.listdir(tmp_path / DEV / "tmp") == [stale.name]
+    assert stale.read_bytes().startswith(b"from a crashed")
+
+
+def test_writer_makes_tmp_but_never_a_device(mgr, tmp_path):
+    put(mgr, b"x")                                # tmp is made on first use
+    assert (tmp_path / DEV / "tmp").is_dir()
+    with pytest.raises(ServiceUnavailable):
+        mgr.writer("sdb", PART, *NAME)
+    assert not (tmp_path / "sdb").exists()
+
+
 def test_delete_of_missing_object_still_records_tombstone(mgr):
     assert mgr.delete(DEV, PART, *NAME, "1700000005.00000") is False
     with pytest.raises(OlderTimestamp):
@@ -283,7 +336,6 @@ def test_input_validation(mgr):
 def test_reap_tmp(mgr, tmp_path):
     w = mgr.writer(DEV, PART, *NAME)
     w.write(b"crashed writer")
-    w._file.flush()
     assert mgr.reap_tmp(DEV, older_than=3600) == 0
     assert mgr.reap_tmp(DEV, older_than=-1) == 1
     assert os.listdir(tmp_path / DEV / "tmp") == []

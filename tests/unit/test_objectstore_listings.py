@@ -135,3 +135,62 @@ def test_changes_to_one_name_in_one_batch_apply_in_arrival_order(db):
     assert [s.result for s in batch] == [True, True, True, True, True, False, False, True]
     assert names(db) == ["c", "d"]
     assert counters(db)["c1"] == (2, 6)
+
+
+def test_async_and_blocking_callers_share_batches(db):
+    import asyncio
+    w = ListingWriter(db.engine)
+
+    async def main():
+        blocking = [asyncio.to_thread(w.apply, put(f"t{i}", 1, 10)) for i in range(8)]
+        awaiting = [w.apply_async(put(f"a{i}", 2, 10)) for i in range(8)]
+        return await asyncio.gather(*blocking, *awaiting)
+
+    assert asyncio.run(main()) == [True] * 16
+    assert counters(db)["c1"] == (16, 24)
+
+
+def test_async_errors_and_cancelled_requests(db):
+    import asyncio
+    w = ListingWriter(db.engine)
+
+    async def main():
+        with pytest.raises(NotFound):
+            await w.apply_async(put("x", 1, 10, container="gone"))
+        # a request cancelled while its row is being written: the row still
+        # goes in (its object is on disk), and the writer goes on
+        task = asyncio.ensure_future(w.apply_async(put("kept", 5, 10)))
+        await asyncio.sleep(0)
+        task.cancel()
+        assert await w.apply_async(put("next", 1, 10)) is True
+
+    asyncio.run(main())
+    assert names(db) == ["kept", "next"]
+
+
+def test_the_writer_thread_exits_when_idle_and_comes_back(db, monkeypatch):
+    monkeypatch.setattr(ListingWriter, "IDLE_SECONDS", 0.05)
+    w = ListingWriter(db.engine)
+    assert w.apply(put("a", 1, 10)) is True
+    deadline = 50
+    while w._thread is not None and deadline:
+        threading.Event().wait(0.02)
+        deadline -= 1
+    assert w._thread is None
+    assert w.apply(put("b", 1, 10)) is True
+    assert names(db) == ["a", "b"]
+
+
+def test_writers_of_two_processes_take_turns_by_flock(db):
+    """Each process has its own writer; on SQLite they queue on an flock (a
+    second open of the lock file conflicts like another process's would)."""
+    a, b = ListingWriter(db.engine), ListingWriter(db.engine)
+    assert a._lock_path and a._lock_path.endswith("db.sqlite-listings.lock")
+    done = threading.Event()
+    with a._other_processes_excluded():
+        t = threading.Thread(target=lambda: (b.apply(put("b", 1, 10)), done.set()))
+        t.start()
+        assert not done.wait(0.3)          # b waits for a's turn to end
+    assert done.wait(10)
+    t.join()
+    assert names(db) == ["b"]

@@ -166,12 +166,17 @@ class NeutronDialect(Dialect):
                                  "message": message, "detail": ""}}
 
 
+def error_response(dialect: Dialect, request: Request, exc: Exception) -> Response:
+    """The dialect's answer to an error (a 5xx is logged with its traceback)."""
+    if dialect.status(exc) >= 500:
+        log.exception("unhandled error on %s %s", request.method, request.url.path,
+                      exc_info=exc)
+    return dialect.render(exc, accept=request.headers.get("accept", ""))
+
+
 def install_handlers(app, dialect: Dialect) -> None:
     async def handle(request: Request, exc: Exception) -> Response:
-        if dialect.status(exc) >= 500:
-            log.exception("unhandled error on %s %s", request.method, request.url.path,
-                          exc_info=exc)
-        return dialect.render(exc, accept=request.headers.get("accept", ""))
+        return error_response(dialect, request, exc)
 
     app.add_exception_handler(errors.StackboxError, handle)
     app.add_exception_handler(HTTPException, handle)

@@ -248,7 +248,7 @@ class ObjectHandlers:
 
     async def delete_object(self, request, ctx, verified, bucket, key):
         try:
-            await call(self.store.delete_object, ctx, account_of(ctx), bucket, key)
+            await self.store.delete_object_async(ctx, account_of(ctx), bucket, key)
         except errors.NotFound:
             raise await self.not_found(ctx, bucket, None)
         return Response(status_code=204)

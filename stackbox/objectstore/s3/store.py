@@ -14,6 +14,7 @@ last_modified, meta, headers) for objects, Subdir for common prefixes.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import AsyncIterable, Iterable
 
 from stackbox.common.errors import NotFound
@@ -95,8 +96,21 @@ class ServiceStore:
         """NotFound(field="container") for a missing bucket; a missing key is
         not an error in S3."""
         self.svc.authorize(ctx, account, bucket, write=True)
-        try:
+        with _missing_key_is_no_error():
             self.svc.delete_object(account, bucket, key)
-        except NotFound as exc:
-            if exc.field != "object":
-                raise
+
+    async def delete_object_async(self, ctx: RequestContext, account: str, bucket: str,
+                                  key: str) -> None:
+        """delete_object for an event loop (the listing row is awaited there)."""
+        with _missing_key_is_no_error():
+            await self.svc.delete_object_async(account, bucket, key, check=lambda: (
+                self.svc.authorize(ctx, account, bucket, write=True)))
+
+
+@contextmanager
+def _missing_key_is_no_error():
+    try:
+        yield
+    except NotFound as exc:
+        if exc.field != "object":
+            raise
