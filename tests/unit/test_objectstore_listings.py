@@ -15,6 +15,14 @@ from stackbox.objectstore.listings import ListingWriter, Put, Remove
 from stackbox.objectstore.models import Container, Object
 
 
+@pytest.fixture(autouse=True, params=["sqlite3", "core"])
+def statements(request, monkeypatch):
+    """Every test runs with the sqlite3 statements and with SQLAlchemy Core's
+    (what PostgreSQL uses)."""
+    monkeypatch.setattr(ListingWriter, "RAW_SQLITE", request.param == "sqlite3")
+    return request.param
+
+
 @pytest.fixture
 def db(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
@@ -194,3 +202,17 @@ def test_writers_of_two_processes_take_turns_by_flock(db):
     assert done.wait(10)
     t.join()
     assert names(db) == ["b"]
+
+
+def test_a_batch_is_one_transaction(db):
+    """A failure in one container's statements undoes the batch's earlier
+    containers too (on the sqlite3 path the first UPDATE opens it)."""
+    from stackbox.objectstore.listings import _Slot
+    w = ListingWriter(db.engine)
+    assert w.apply(put("keep", 4, 10, container="c2")) is True
+    bad = put("y", 1, 11)
+    bad.etag = None
+    with pytest.raises(Exception):
+        w._commit([_Slot(Remove("AUTH_a", "c2", "keep", "0000000012.00000")), _Slot(bad)])
+    assert names(db, "c2") == ["keep"]
+    assert counters(db) == {"c1": (0, 0), "c2": (1, 4)}
