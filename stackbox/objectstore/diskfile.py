@@ -65,7 +65,13 @@ def normalize_timestamp(value: float | int | str) -> str:
 
 
 def _ticks(value) -> int:
-    # Decimal, not float, so "1700000000.12345" round-trips exactly.
+    # The canonical form (every file name, every timestamp stackbox makes)
+    # directly; anything else through Decimal, not float, so that
+    # "1700000000.12345" round-trips exactly.
+    if type(value) is str and len(value) == 16 and value[10] == "." and value.isascii():
+        head, tail = value[:10], value[11:]
+        if head.isdigit() and tail.isdigit():
+            return int(head) * 100_000 + int(tail)
     try:
         if isinstance(value, bool):
             raise InvalidOperation

@@ -314,7 +314,12 @@ def test_timestamps():
     assert normalize_timestamp(1700000000.12345) == "1700000000.12345"
     assert normalize_timestamp("1700000000.1") == "1700000000.10000"
     assert normalize_timestamp(5) == "0000000005.00000"
-    for bad in ("soon", -1, "nan", True):
+    # the canonical form's fast path agrees with the general one
+    for canonical in ("1700000000.12345", "0000000000.00000", "9999999999.99999"):
+        assert diskfile._ticks(canonical) == diskfile._ticks(canonical + "0")
+        assert normalize_timestamp(canonical) == canonical
+    for bad in ("soon", -1, "nan", True, "17000000\u00b2\u00b2.12345", "170000000-.12345",
+                "1700000000x12345"):
         with pytest.raises(BadRequest) as ei:
             normalize_timestamp(bad)
         assert ei.value.field == "timestamp"
