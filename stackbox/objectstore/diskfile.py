@@ -466,8 +466,7 @@ class Writer:
         self._fd, self._tmp = fd, tmp
         self._md5 = hashlib.md5(usedforsecurity=False) if hashing else None
         self._size = 0
-        self._held: list = []    # data not yet written to the file
-        self._held_bytes = 0
+        self._held: list = []    # data not yet written to the file (size - written bytes)
         self._written = 0       # bytes in the file
         self._synced = 0        # bytes handed to the disk's writeback so far
         self._done = False
@@ -479,8 +478,7 @@ class Writer:
             self._md5.update(chunk)
         self._size += len(chunk)
         self._held.append(chunk)
-        self._held_bytes += len(chunk)
-        if self._held_bytes >= WRITE_AHEAD:
+        if self._size - self._written >= WRITE_AHEAD:
             self._flush()
         if self._written - self._synced >= WRITEBACK_EVERY and _sync_file_range is not None:
             # advisory only: the commit's fdatasync is what makes it durable
@@ -492,7 +490,6 @@ class Writer:
     def _flush(self) -> None:
         data = self._held[0] if len(self._held) == 1 else b"".join(self._held)
         self._held.clear()
-        self._held_bytes = 0
         _write_all(self._fd, data)
         self._written += len(data)
 
