@@ -209,7 +209,15 @@ def test_probe_leaves_no_temp_dir(probe_env, monkeypatch, tmp_path):
 # --- process cleanup ------------------------------------------------------------
 
 def _sleeper(*extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *extra])
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *extra])
+    # Popen returns once the child has exec'd, but the kernel sets the new
+    # /proc/<pid>/cmdline a moment later; a loaded CI machine caught that window.
+    want = "\0".join(extra).encode()
+    for _ in range(100):
+        if want in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+            break
+        time.sleep(0.05)
+    return proc
 
 
 def test_kill_leftover_kills_only_the_process_naming_the_pidfile(tmp_path):
