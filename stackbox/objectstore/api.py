@@ -32,6 +32,7 @@ from stackbox.objectstore import httpbits as hb
 from stackbox.objectstore import service as S
 from stackbox.objectstore.errors import (EntityTooLarge, InsufficientStorage, PreconditionFailed,
                                          Quarantined, Unprocessable)
+from stackbox.objectstore.loopreads import must_not_block
 from stackbox.objectstore.service import Listing, ObjectStoreService
 from stackbox.objectstore.streams import read_ahead
 
@@ -414,11 +415,12 @@ class SwiftApi:
     # -- object: reads -------------------------------------------------------------
     async def get_object(self, request, account, container, obj):
         await self._authorize(request, account, container, obj=obj)
-        return await call(self._plan_get, request, account, container, obj)
+        return await self.svc.loop_reads.run(self._plan_get, request, account, container, obj)
 
     def _plan_get(self, request, account, container, obj):
         """Open, check conditions and ranges, and for small objects read the
-        bytes, all in one worker thread. Returns the Response."""
+        bytes, all in one step: on the event loop while the page cache serves
+        it, else in one worker thread (LoopReads). Returns the Response."""
         q = request.query_params
         manifest = q.get("multipart-manifest") == "get"
         # A replica that fails its checksum while a small object is read is
@@ -442,6 +444,7 @@ class SwiftApi:
         size, etag, pieces = o.size, info.etag, None
         dlo = info.headers.get("x-object-manifest")
         if dlo and not manifest:
+            must_not_block()                # the segments are a container listing
             entries, seg_container, etag = self.svc.dlo_segments(account, unquote(dlo))
             size = sum(e.size for e in entries)
             pieces = [(seg_container, e.name, e.size) for e in entries]

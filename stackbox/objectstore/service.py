@@ -55,6 +55,7 @@ from stackbox.objectstore import acl
 from stackbox.objectstore.diskfile import normalize_timestamp
 from stackbox.objectstore.errors import (EntityTooLarge, OlderTimestamp, PreconditionFailed,
                                          Quarantined, Unprocessable)
+from stackbox.objectstore.loopreads import LoopReads, must_not_block
 from stackbox.objectstore.listings import ListingWriter, Put, Remove
 from stackbox.objectstore.models import Account, Container, Object
 from stackbox.objectstore.storage import ObjectBackend
@@ -337,6 +338,7 @@ class ObjectStoreService:
         self._containers: dict[tuple[str, str], tuple[float, int, ContainerInfo]] = {}
         self._cache_lock = threading.Lock()
         self._listings = ListingWriter(db.engine)
+        self.loop_reads = LoopReads()         # small GETs on the event loop while cached
         self._accounts: dict[str, tuple[float, int, int | None]] = {}
 
     # -- authorization -------------------------------------------------------
@@ -359,6 +361,7 @@ class ObjectStoreService:
         ACLs grant. Returns True when the caller is the owner."""
         if self.is_owner(ctx, account):
             return True
+        must_not_block()        # the container's ACLs may need a database query
         authenticated = ctx is not None and getattr(ctx, "user_id", None) is not None
         if container is not None and not owner_only:
             try:

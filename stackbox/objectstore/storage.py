@@ -30,6 +30,7 @@ from typing import Iterator
 from stackbox.common.errors import BadRequest, NotFound, ServiceUnavailable, StackboxError
 from stackbox.objectstore.diskfile import DiskFileManager, Reader, Writer
 from stackbox.objectstore.errors import InsufficientStorage, OlderTimestamp
+from stackbox.objectstore.loopreads import must_not_block
 from stackbox.objectstore.objectserver import backend_token
 from stackbox.objectstore.remote import RemoteDevices, parse_address
 from stackbox.objectstore.ring import Device, Ring
@@ -167,6 +168,8 @@ class ObjectBackend:
         # Read every primary's metadata (one pread each) and keep the newest,
         # so a replica that missed an overwrite never serves stale data.
         for node in list(primaries) + list(handoffs)[: self.replicas]:
+            if node.remote:
+                must_not_block()        # an HTTP request, not a page-cache read
             try:
                 r = node.manager.open(node.name, part, account, container, obj)
             except NotFound:

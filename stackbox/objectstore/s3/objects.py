@@ -187,7 +187,7 @@ class ObjectHandlers:
         return Response(status_code=200, headers={"ETag": f'"{info.etag}"'})
 
     def _get(self, ctx, bucket, key, request_headers, head: bool):
-        """One worker call: open, check conditions and range, read a small body.
+        """One step (LoopReads): open, check conditions and range, read a small body.
         A replica found corrupt while being read is quarantined by the store;
         the next open reads another replica."""
         for _attempt in range(3):
@@ -223,8 +223,8 @@ class ObjectHandlers:
     async def get_object(self, request, ctx, verified, bucket, key):
         head = request.method == "HEAD"
         try:
-            info, status, span, data, reader = await call(self._get, ctx, bucket, key,
-                                                          request.headers, head)
+            info, status, span, data, reader = await self.store.read(
+                self._get, ctx, bucket, key, request.headers, head)
         except errors.NotFound:
             raise await self.not_found(ctx, bucket, key)
         if status in (304, 412):

@@ -30,6 +30,11 @@ class ServiceStore:
     def __init__(self, svc: ObjectStoreService):
         self.svc = svc
 
+    async def read(self, fn, *args):
+        """fn(*args), a read of local files: on the event loop while the page
+        cache serves such reads, else in a worker thread (LoopReads)."""
+        return await self.svc.loop_reads.run(fn, *args)
+
     # -- buckets ----------------------------------------------------------------
     def list_buckets(self, ctx: RequestContext, account: str) -> list[ContainerEntry]:
         self.svc.authorize(ctx, account, owner_only=True)

@@ -1,0 +1,119 @@
+"""LoopReads: short reads on the event loop while the page cache serves them,
+in a worker thread after one went to the disk or when the code would block."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import pytest
+
+from stackbox.common.errors import NotFound
+from stackbox.objectstore.loopreads import LoopReads, NeedsThread, must_not_block
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def where() -> int:
+    return threading.get_ident()
+
+
+def loop_and_result(reads: LoopReads, fn) -> tuple[int, object]:
+    """(the loop's thread, what reads.run(fn) returned)."""
+    async def main():
+        return threading.get_ident(), await reads.run(fn)
+    return run(main())
+
+
+def test_a_cached_read_runs_on_the_loop():
+    reads = LoopReads(True)
+    loop_thread, ran_in = loop_and_result(reads, where)
+    assert ran_in == loop_thread
+    assert (reads.inline, reads.threaded) == (1, 0)
+
+
+def test_code_that_would_block_runs_again_in_a_worker_thread():
+    reads = LoopReads(True)
+    calls = []
+
+    def query():
+        calls.append(where())
+        must_not_block()
+        return "rows"
+    loop_thread, result = loop_and_result(reads, query)
+    assert result == "rows"
+    assert calls[0] == loop_thread and calls[1] != loop_thread and len(calls) == 2
+    assert (reads.inline, reads.threaded) == (0, 1)
+
+
+def test_must_not_block_is_silent_off_the_loop():
+    must_not_block()
+    with pytest.raises(NeedsThread):
+        async def main():
+            must_not_block()
+        run(main())
+
+
+def test_errors_from_an_inline_read_reach_the_caller():
+    reads = LoopReads(True)
+
+    def missing():
+        raise NotFound("object o not found", field="object")
+    with pytest.raises(NotFound):
+        run(reads.run(missing))
+    assert reads.allowed()
+
+
+def test_disabled_reads_always_run_in_a_thread():
+    reads = LoopReads(False)
+    loop_thread, ran_in = loop_and_result(reads, where)
+    assert ran_in != loop_thread and reads.threaded == 1
+
+
+def _evicted_file(path) -> str:
+    """A file on a real disk whose pages are not in the page cache."""
+    with open(path, "wb") as f:
+        f.write(os.urandom(64 * 1024))
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    return str(path)
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, 64 * 1024, 0)
+    finally:
+        os.close(fd)
+
+
+def _fs_type(path) -> str:
+    """The file system type of the mount holding path (/proc/self/mounts)."""
+    best, kind = "", ""
+    for line in open("/proc/self/mounts"):
+        _dev, mount, fstype = line.split()[:3]
+        if (str(path) + "/").startswith(mount.rstrip("/") + "/") and len(mount) >= len(best):
+            best, kind = mount, fstype
+    return kind
+
+
+def test_a_read_from_the_disk_sends_reads_to_threads_for_the_cooldown(tmp_path):
+    if not LoopReads().enabled or _fs_type(tmp_path) in ("tmpfs", "ramfs", "overlay"):
+        pytest.skip("no per-thread I/O accounting, or the tmp dir is not on a block device")
+    path = _evicted_file(tmp_path / "cold")
+    reads = LoopReads(True, cooldown=0.3)
+
+    async def main():
+        loop_thread = threading.get_ident()
+        assert len(await reads.run(_read, path)) == 64 * 1024   # from the disk, inline
+        assert not reads.allowed()
+        assert await reads.run(where) != loop_thread             # cooling down: a thread
+        await asyncio.sleep(0.35)
+        assert await reads.run(where) == loop_thread             # cached again: inline
+    run(main())
+    assert (reads.inline, reads.threaded) == (2, 1)
