@@ -12,8 +12,10 @@ the process while it waits. So the loop reads inline only while its own
 reads are served from memory: LoopReads compares the loop thread's count of
 block reads (getrusage(RUSAGE_THREAD).ru_inblock, about half a microsecond)
 before and after each inline read. A read that went to the disk sends the
-next COOLDOWN seconds of reads to worker threads, as before, so a cold or
-slow disk costs at most one stalled read per process per second.
+reads of the next moment to worker threads, as before: 50 ms after a first
+one (a one-off, such as the first read of a module's file), doubling while
+the reads that try again still go to the disk, up to 2 s, so a cold or slow
+disk costs at most one stalled read per process every 2 s.
 
 Code run this way calls must_not_block() before anything that may wait
 long on something other than the page cache (a database query, a remote
@@ -33,7 +35,8 @@ from starlette.concurrency import run_in_threadpool
 
 T = TypeVar("T")
 
-COOLDOWN = 1.0      # seconds of thread reads after an inline read touched the disk
+MIN_COOLDOWN = 0.05     # seconds of thread reads after an inline read touched the disk,
+MAX_COOLDOWN = 2.0      # doubled for each further one in a row
 
 
 class NeedsThread(Exception):
@@ -64,9 +67,11 @@ class LoopReads:
     """Runs short reads on the event loop while they do not touch the disk
     (one per process; the state is the loop thread's)."""
 
-    def __init__(self, enabled: bool | None = None, *, cooldown: float = COOLDOWN):
+    def __init__(self, enabled: bool | None = None, *, min_cooldown: float = MIN_COOLDOWN,
+                 max_cooldown: float = MAX_COOLDOWN):
         self.enabled = block_reads_counted() if enabled is None else enabled
-        self.cooldown = cooldown
+        self.min_cooldown, self.max_cooldown = min_cooldown, max_cooldown
+        self.cooldown = min_cooldown        # the next one
         self._threads_until = 0.0
         self.inline = self.threaded = 0       # counts, for tests and benchmarks
 
@@ -86,7 +91,10 @@ class LoopReads:
             except NeedsThread:
                 pass
             finally:
-                if _block_reads() != before:
+                if _block_reads() == before:
+                    self.cooldown = self.min_cooldown
+                else:
                     self._threads_until = time.monotonic() + self.cooldown
+                    self.cooldown = min(self.cooldown * 2, self.max_cooldown)
         self.threaded += 1
         return await run_in_threadpool(fn, *args)

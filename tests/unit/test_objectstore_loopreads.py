@@ -74,14 +74,13 @@ def test_disabled_reads_always_run_in_a_thread():
     assert ran_in != loop_thread and reads.threaded == 1
 
 
-def _evicted_file(path) -> str:
-    """A file on a real disk whose pages are not in the page cache."""
+def _evict(path: str) -> None:
+    """(Re)write a file on a real disk and drop its pages from the page cache."""
     with open(path, "wb") as f:
         f.write(os.urandom(64 * 1024))
         f.flush()
         os.fsync(f.fileno())
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-    return str(path)
 
 
 def _read(path: str) -> bytes:
@@ -102,18 +101,25 @@ def _fs_type(path) -> str:
     return kind
 
 
-def test_a_read_from_the_disk_sends_reads_to_threads_for_the_cooldown(tmp_path):
+def test_reads_from_the_disk_send_reads_to_threads_for_a_growing_while(tmp_path):
     if not LoopReads().enabled or _fs_type(tmp_path) in ("tmpfs", "ramfs", "overlay"):
         pytest.skip("no per-thread I/O accounting, or the tmp dir is not on a block device")
-    path = _evicted_file(tmp_path / "cold")
-    reads = LoopReads(True, cooldown=0.3)
+    path = str(tmp_path / "cold")
+    reads = LoopReads(True, min_cooldown=0.3, max_cooldown=1.0)
 
     async def main():
         loop_thread = threading.get_ident()
+        _evict(path)
         assert len(await reads.run(_read, path)) == 64 * 1024   # from the disk, inline
         assert not reads.allowed()
         assert await reads.run(where) != loop_thread             # cooling down: a thread
         await asyncio.sleep(0.35)
-        assert await reads.run(where) == loop_thread             # cached again: inline
+        _evict(path)
+        await reads.run(_read, path)                             # the disk again: longer
+        assert reads._threads_until - time.monotonic() > 0.45    # 0.6 s this time
+        assert reads.cooldown == 1.0                             # and 1.2 next, capped
+        await asyncio.sleep(0.65)
+        assert await reads.run(where) == loop_thread             # cached: inline again
+        assert reads.cooldown == 0.3
     run(main())
-    assert (reads.inline, reads.threaded) == (2, 1)
+    assert (reads.inline, reads.threaded) == (3, 1)
