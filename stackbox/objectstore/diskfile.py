@@ -39,7 +39,7 @@ import struct
 import time
 import uuid
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from stackbox.common.errors import BadRequest, NotFound, ServiceUnavailable
 from stackbox.common import fsutil
@@ -162,6 +162,19 @@ def _on_disk(datadir: str) -> list[tuple[int, int, str]]:
     return sorted(found, reverse=True)
 
 
+class Peek(NamedTuple):
+    """An object's newest file on one device (DiskFileManager.peek); newer
+    compares greater (on equal timestamps a tombstone wins)."""
+    ticks: int
+    rank: int           # _EXT_RANK
+    name: str
+    datadir: str
+
+    @property
+    def tombstone(self) -> bool:
+        return self.name.endswith(".ts")
+
+
 # --- the backend API ---------------------------------------------------------
 
 class DiskFileManager:
@@ -233,15 +246,31 @@ class DiskFileManager:
         return Writer(self, datadir, object_path(account, container, obj), fd, tmp,
                       hashing=hashing)
 
-    def open(self, device: str, partition: int, account: str, container: str,
-             obj: str) -> "Reader":
-        """The newest version, or NotFound (never existed, or deleted)."""
+    def peek(self, device: str, partition: int, account: str, container: str,
+             obj: str) -> "Peek | None":
+        """The object's newest file here from one directory listing, without
+        opening it: what a reader of several replicas compares before it
+        opens only the newest. None when this device has no file of it."""
         datadir = self.object_dir(device, partition, account, container, obj,
                                   check_device=False)
+        files = _on_disk(datadir)
+        if not files:
+            self._device_dir(device)      # a missing device is unavailable, not empty
+            return None
+        return Peek(*files[0], datadir)
+
+    def open(self, device: str, partition: int, account: str, container: str,
+             obj: str, *, peeked: "Peek | None" = None) -> "Reader":
+        """The newest version, or NotFound (never existed, or deleted).
+        `peeked` (from peek) saves the directory listing."""
+        datadir = self.object_dir(device, partition, account, container, obj,
+                                  check_device=False)
+        files = [peeked[:3]] if peeked is not None else None
         for _attempt in range(3):
-            files = _on_disk(datadir)
-            if not files:
-                self._device_dir(device)      # a missing device is unavailable, not empty
+            if files is None:
+                files = _on_disk(datadir)
+                if not files:
+                    self._device_dir(device)      # a missing device is unavailable, not empty
             if not files or files[0][2].endswith(".ts"):
                 raise NotFound(f"object {object_path(account, container, obj)} not found",
                                field="object")
@@ -249,6 +278,7 @@ class DiskFileManager:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:
+                files = None
                 continue    # a newer PUT's cleanup removed it: list again
             try:
                 meta, size = _read_trailer(fd, path)

@@ -25,10 +25,10 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 from stackbox.common.errors import BadRequest, NotFound, ServiceUnavailable, StackboxError
-from stackbox.objectstore.diskfile import DiskFileManager, Reader, Writer
+from stackbox.objectstore.diskfile import DiskFileManager, Peek, Reader, Writer
 from stackbox.objectstore.errors import InsufficientStorage, OlderTimestamp
 from stackbox.objectstore.loopreads import must_not_block
 from stackbox.objectstore.objectserver import backend_token
@@ -161,15 +161,44 @@ class ObjectBackend:
 
     # -- reads --
     def open(self, account: str, container: str, obj: str) -> Reader:
-        """The newest good replica among the primaries (then handoffs)."""
+        """The newest good replica among the primaries (then handoffs), so a
+        replica that missed an overwrite or a delete never serves stale data.
+        Local devices are compared by a directory listing each (peek) and only
+        the newest file is opened; remote ones by opening them."""
         part, primaries, handoffs = self.nodes(account, container, obj)
+        nodes = list(primaries) + list(handoffs)[: self.replicas]
+        if any(node.remote for node in nodes):
+            return self._open_each(account, container, obj, part, primaries, nodes)
+        failures = 0
+        peeks: list[tuple[Peek, Node]] = []
+        for node in nodes:
+            try:
+                seen = node.manager.peek(node.name, part, account, container, obj)
+            except (ServiceUnavailable, OSError, StackboxError):
+                failures += 1
+                continue
+            if seen is not None:
+                peeks.append((seen, node))
+        peeks.sort(key=lambda p: p[0][:2], reverse=True)
+        for seen, node in peeks:
+            if seen.tombstone:     # deleted: older replicas must not bring it back
+                raise NotFound(f"object {container}/{obj} not found", field="object")
+            try:
+                return node.manager.open(node.name, part, account, container, obj,
+                                         peeked=seen)
+            except NotFound:
+                continue        # deleted or replaced meanwhile: the next replica
+            except (ServiceUnavailable, OSError, StackboxError):
+                failures += 1   # unreadable (quarantined): the next replica
+        return self._not_found(container, obj, failures, primaries)
+
+    def _open_each(self, account, container, obj, part, primaries, nodes) -> Reader:
+        """open() with remote devices: each replica's metadata is read (an
+        HTTP request) and the newest wins."""
+        must_not_block()        # HTTP requests, not page-cache reads
         best: Reader | None = None
         failures = 0
-        # Read every primary's metadata (one pread each) and keep the newest,
-        # so a replica that missed an overwrite never serves stale data.
-        for node in list(primaries) + list(handoffs)[: self.replicas]:
-            if node.remote:
-                must_not_block()        # an HTTP request, not a page-cache read
+        for node in nodes:
             try:
                 r = node.manager.open(node.name, part, account, container, obj)
             except NotFound:
@@ -183,12 +212,14 @@ class ObjectBackend:
                 best = r
             else:
                 r.close()
-        if best is None:
-            if failures and failures >= len(primaries):
-                raise ServiceUnavailable("no device holding this object is available",
-                                         field="device")
-            raise NotFound(f"object {container}/{obj} not found", field="object")
-        return best
+        return best or self._not_found(container, obj, failures, primaries)
+
+    @staticmethod
+    def _not_found(container, obj, failures, primaries) -> NoReturn:
+        if failures and failures >= len(primaries):
+            raise ServiceUnavailable("no device holding this object is available",
+                                     field="device")
+        raise NotFound(f"object {container}/{obj} not found", field="object")
 
     def head(self, account: str, container: str, obj: str) -> dict:
         with self.open(account, container, obj) as r:

@@ -73,6 +73,64 @@ def test_get_survives_a_corrupt_and_a_missing_replica(svc, tmp_path):
     assert len(_files(tmp_path / "objects")) == 2       # both moved to quarantine
 
 
+def _replica_states(svc, tmp_path, name, *bodies):
+    """PUT each body in turn; returns each version's three replica files,
+    copied aside before the next version replaced them."""
+    states = []
+    for body in bodies:
+        svc.put_object(A, "c", name, [body])
+        saved = []
+        for path in sorted(_files(tmp_path / "objects")):
+            if f"/{_hash_dir(path)}/" in path:
+                aside = tmp_path / f"aside-{len(states)}-{len(saved)}"
+                shutil.copy2(path, aside)
+                saved.append((path, aside))
+        states.append(saved)
+    return states
+
+
+def _hash_dir(path):
+    return os.path.basename(os.path.dirname(path))
+
+
+def test_a_replica_that_missed_an_overwrite_is_not_served(svc, tmp_path):
+    svc.create_container(A, "c")
+    old, new = _replica_states(svc, tmp_path, "o", b"old", b"new")
+    for (new_path, _), (old_path, aside) in zip(new[:2], old[:2]):
+        os.unlink(new_path)                         # two replicas missed the overwrite
+        shutil.copy2(aside, old_path)
+    for _ in range(3):
+        assert svc.read_object(A, "c", "o")[1] == b"new"
+
+
+def test_a_replica_that_missed_a_delete_does_not_bring_the_object_back(svc, tmp_path):
+    svc.create_container(A, "c")
+    (versions,) = _replica_states(svc, tmp_path, "o", b"gone")
+    svc.delete_object(A, "c", "o")
+    tombstones = sorted(_files(tmp_path / "objects", ".ts"))
+    assert len(tombstones) == 3
+    for ts, (path, aside) in zip(tombstones[:2], versions[:2]):
+        os.unlink(ts)                               # two replicas missed the delete
+        shutil.copy2(aside, path)
+    with pytest.raises(NotFound):
+        svc.read_object(A, "c", "o")
+
+
+def test_a_read_opens_only_the_newest_replica(svc, tmp_path, monkeypatch):
+    from stackbox.objectstore import diskfile
+    svc.create_container(A, "c")
+    svc.put_object(A, "c", "o", [b"x" * 100])
+    opened = []
+    real_open = os.open
+
+    def counting_open(path, *args, **kw):
+        opened.append(str(path))
+        return real_open(path, *args, **kw)
+    monkeypatch.setattr(diskfile.os, "open", counting_open)
+    assert svc.read_object(A, "c", "o")[1] == b"x" * 100
+    assert len([p for p in opened if p.endswith(".data")]) == 1
+
+
 def test_quorum_lost_is_507_and_leaves_nothing(svc, tmp_path):
     svc.create_container(A, "c")
     for d in ("d1", "d2", "d3"):
