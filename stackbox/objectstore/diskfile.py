@@ -85,10 +85,13 @@ def _ticks(value) -> int:
 
 # --- file format -------------------------------------------------------------
 
+_METADATA_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"),
+                                     ensure_ascii=False)   # json.dumps makes one per call
+
+
 def _encode_metadata(meta: dict) -> bytes:
     try:
-        raw = json.dumps(meta, sort_keys=True, separators=(",", ":"),
-                         ensure_ascii=False).encode("utf-8")
+        raw = _METADATA_ENCODER.encode(meta).encode("utf-8")
     except (TypeError, ValueError, UnicodeEncodeError) as exc:
         raise BadRequest(f"metadata is not JSON-serialisable text: {exc}",
                          field="metadata") from None
@@ -417,6 +420,22 @@ WRITEBACK_EVERY = 8 * 1024 * 1024
 WRITE_AHEAD = 256 * 1024     # data held before it is written to the temp file
 
 
+def _mkdirs(path: str) -> None:
+    """os.makedirs(path, exist_ok=True) for a path whose parents mostly
+    exist (an object's directory): one mkdir when they do, and no stat of
+    each parent first."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        _mkdirs(os.path.dirname(path))
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            pass
+
+
 _tmp_names = itertools.count()
 
 
@@ -569,12 +588,7 @@ class Writer:
         # metadata in order, so the fsync of the hash directory below commits
         # the mkdirs made before it too. Swift relies on the same; it saves a
         # third fsync on every PUT of a new name (and its kernel CPU).
-        try:
-            os.mkdir(self.datadir)
-        except FileExistsError:
-            pass
-        except FileNotFoundError:
-            os.makedirs(self.datadir, exist_ok=True)
+        _mkdirs(self.datadir)
         mine = ts + ext
         try:
             # never replace: the same name is the same version (or a tie with

@@ -359,3 +359,13 @@ def test_big_upload_starts_writeback_and_commits_intact(mgr, monkeypatch):
     assert calls == [(0, 1 << 20), (1 << 20, 1 << 20), (2 << 20, 1 << 20)]
     assert meta["etag"] == hashlib.md5(data).hexdigest()
     assert get(mgr) == data
+
+
+def test_mkdirs_makes_missing_parents_and_accepts_existing_ones(tmp_path):
+    deep = tmp_path / "objects" / "7" / "abc" / "0123abc"
+    diskfile._mkdirs(str(deep))
+    assert deep.is_dir()
+    diskfile._mkdirs(str(deep))                 # there already: no error
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        diskfile._mkdirs(str(tmp_path / "file" / "x"))
