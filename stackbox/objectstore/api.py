@@ -278,11 +278,10 @@ class SwiftApi:
             await call(self._check_tempurl, request, account, container, obj)
             return True
         caller = ctx if ctx.authenticated else None
-        if self.svc.is_owner(caller, account):      # no I/O: stays on the event loop
-            return True
-        return await call(self.svc.authorize, caller, account, container, write=write,
-                          listing=listing, referrer=request.headers.get("referer"),
-                          owner_only=owner_only)
+        return await self.svc.authorize_async(caller, account, container, write=write,
+                                              listing=listing,
+                                              referrer=request.headers.get("referer"),
+                                              owner_only=owner_only)
 
     def _check_tempurl(self, request, account, container, obj):
         q = request.query_params

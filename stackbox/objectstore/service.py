@@ -4,8 +4,9 @@ This is the interface both front ends (Swift v1 in api.py, S3 in s3/) call.
 Names are plain `str` (already URL-decoded); accounts are Swift account names
 (`AUTH_<project_id>`, see `account_for`). Every method is synchronous and
 blocking (disk + database) and is meant to run in a worker thread, except
-`put_object_async`, which takes an async byte stream and hops to threads by
-itself. Errors are domain errors (stackbox.common.errors and
+the `*_async` ones, which hop to threads by themselves, and small reads,
+which `loop_reads` (LoopReads) runs on the event loop while the page cache
+serves them. Errors are domain errors (stackbox.common.errors and
 stackbox.objectstore.errors): NotFound, Conflict (non-empty container),
 BadRequest(field=...) (names, metadata), EntityTooLarge (413),
 Unprocessable (ETag mismatch, 422), PreconditionFailed (412),
@@ -28,15 +29,19 @@ Objects
     post_object(account, container, name, *, meta, content_type, delete_at, headers)
     copy_object(src_account, src_container, src_name, account, container, name, ...)
     delete_object(account, container, name) -> ObjectInfo (what was deleted)
+    await delete_object_async(account, container, name, *, check=None)
     put_slo_manifest(account, container, name, segments, ...) -> ObjectInfo
     expire(now=None, limit=1000) -> int   (the expirer's pass)
 Who may do what: authorize(caller, account, container, write=, listing=, referrer=)
+    await authorize_async(...): the same from an event loop (the owner check
+    stays there; anyone else's ACL check, a database query, goes to a thread)
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import json
 import threading
@@ -382,6 +387,15 @@ class ObjectStoreService:
                                "ACL that allows anonymous access.")
         raise Forbidden(f"Access to {account}{'/' + container if container else ''} is not "
                         f"allowed for this token.")
+
+    async def authorize_async(self, ctx, account: str, container: str | None = None,
+                              **kw) -> bool:
+        """authorize() from an event loop: the owner check there (roles, no
+        I/O), anyone else's ACL check (a database query) in a worker thread."""
+        if self.is_owner(ctx, account):
+            return True
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.authorize, ctx, account, container, **kw))
 
     # -- accounts ------------------------------------------------------------
     def account_info(self, account: str) -> AccountInfo:

@@ -490,3 +490,35 @@ def test_unsigned_trailer_upload_checks_its_crc32(endpoint, ec2, s3, bucket):
     assert r.status_code == 400 and b"BadDigest" in r.content
     with pytest.raises(ClientError):
         s3.head_object(Bucket=bucket, Key="trailer2")
+
+
+def test_a_project_reader_may_read_through_an_acl_and_may_not_write(cloud, endpoint, s3,
+                                                                   bucket, unique):
+    """A user with only the reader role in the bucket's project is not its
+    owner: each request is checked against the container's ACLs (a database
+    query, in a worker thread), so it gets 403 AccessDenied, never a 500."""
+    user = unique("s3reader")
+    cloud.openstack("user", "create", "--password", "pw-reader-1", user)
+    cloud.openstack("role", "add", "--user", user, "--project", "demo", "reader",
+                    as_json=False)
+    env = cloud.user_env(user, "pw-reader-1", "demo")
+    cred = cloud.openstack("ec2", "credentials", "create", cloud=None, env=env)
+    reader = client(endpoint, cred["access"], cred["secret"])
+    s3.put_object(Bucket=bucket, Key="k", Body=b"for the owner")
+    for call in (lambda: reader.put_object(Bucket=bucket, Key="w", Body=b"x"),
+                 lambda: reader.get_object(Bucket=bucket, Key="k"),
+                 lambda: reader.delete_object(Bucket=bucket, Key="k")):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert code_of(e) == ("AccessDenied", 403)
+    # a read ACL on the container (set through the Swift API) lets the reader GET
+    token = cloud.openstack("token", "issue", cloud="stackbox-demo")["id"]
+    project = cloud.openstack("project", "show", "demo")["id"]
+    r = requests.post(f"{endpoint}/v1/AUTH_{project}/{bucket}",
+                      headers={"X-Auth-Token": token, "X-Container-Read": ".r:*"}, timeout=30)
+    assert r.status_code == 204
+    assert reader.get_object(Bucket=bucket, Key="k")["Body"].read() == b"for the owner"
+    with pytest.raises(ClientError) as e:
+        reader.put_object(Bucket=bucket, Key="w", Body=b"x")
+    assert code_of(e) == ("AccessDenied", 403)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]

@@ -424,3 +424,25 @@ def test_fan_out_runs_every_replica_and_keeps_order(svc):
     assert out == [2, 4, 6] and len(seen) == 3
     assert seen[1] == threading.get_ident()     # the first runs in the caller's thread
     assert seen[2] != seen[1] and seen[3] != seen[1]
+
+
+def test_authorize_async_checks_a_non_owner_in_a_thread(svc):
+    """A caller without an operator role is checked against the container's
+    ACLs, a database query: on the event loop authorize() refuses to run it
+    (LoopReads would redo it in a thread), authorize_async() runs it there."""
+    from stackbox.objectstore import acl
+    from stackbox.objectstore.loopreads import NeedsThread
+    from stackbox.common.errors import Forbidden
+    svc.create_container(A, "c", sysmeta={"read_acl": acl.parse(".r:*", header="X-Container-Read")})
+    reader = SimpleNamespace(project_id="p1", project_name="demo", user_id="u1",
+                             user_name="reader", roles=["reader"])
+    owner = SimpleNamespace(project_id="p1", roles=["member"], user_id="u2")
+
+    async def main():
+        with pytest.raises(NeedsThread):
+            svc.authorize(reader, A, "c")
+        assert await svc.authorize_async(owner, A, "c", write=True) is True
+        assert await svc.authorize_async(reader, A, "c") is False        # the ACL allows it
+        with pytest.raises(Forbidden):
+            await svc.authorize_async(reader, A, "c", write=True)
+    asyncio.run(main())

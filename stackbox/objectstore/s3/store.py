@@ -80,9 +80,7 @@ class ServiceStore:
 
     async def put_object_async(self, ctx: RequestContext, account: str, bucket: str, key: str,
                                chunks: AsyncIterable[bytes], **kw) -> ObjectInfo:
-        # The owner check is pure (roles); S3 callers always act on their own
-        # project's account, so this does not block the event loop.
-        self.svc.authorize(ctx, account, bucket, write=True)
+        await self.svc.authorize_async(ctx, account, bucket, write=True)
         return await self.svc.put_object_async(account, bucket, key, chunks, **kw)
 
     def head_object(self, ctx: RequestContext, account: str, bucket: str,
