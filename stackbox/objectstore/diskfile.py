@@ -320,10 +320,19 @@ class DiskFileManager:
 
         The tombstone is kept (not just an unlink) so that a replica still
         holding an older PUT, or an older PUT still in flight, loses to it."""
+        return run_steps(self.delete_steps(device, partition, account, container, obj,
+                                           timestamp))
+
+    def delete_steps(self, device: str, partition: int, account: str, container: str,
+                     obj: str, timestamp: float | str, *, together: bool = False):
+        """delete() as a generator of steps, for several replicas' tombstones
+        written together in one thread (see Writer._install_steps)."""
         ts = normalize_timestamp(timestamp)
         w = self.writer(device, partition, account, container, obj)
         try:
-            replaced = w._install({"name": w.name, "timestamp": ts, "deleted": True}, ts, ".ts")
+            replaced = yield from w._install_steps(
+                {"name": w.name, "timestamp": ts, "deleted": True}, ts, ".ts",
+                together=together)
         except BaseException:
             w.abort()
             raise
@@ -547,6 +556,13 @@ class Writer:
         metadata. A supplied etag or size must match what was written (a
         client's Content-MD5 / Content-Length). Raises OlderTimestamp, after
         discarding the upload, when a newer or equal version exists."""
+        return run_steps(self.commit_steps(metadata, timestamp=timestamp))
+
+    def commit_steps(self, metadata: dict, *, timestamp: float | str | None = None,
+                     together: bool = False):
+        """commit() as a generator of steps (see _install_steps),
+        for several replicas committed together in one thread; its return
+        value (StopIteration.value) is commit()'s."""
         try:
             if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
                 raise BadRequest("metadata must be a dict with string keys", field="metadata")
@@ -566,24 +582,39 @@ class Writer:
             ts = normalize_timestamp(timestamp if timestamp is not None
                                      else metadata.get("timestamp", time.time()))
             meta = dict(metadata, name=self.name, etag=etag, size=self._size, timestamp=ts)
-            self._install(meta, ts, ".data")
+            yield from self._install_steps(meta, ts, ".data", together=together)
             return meta
-        except BaseException:
+        except BaseException:       # GeneratorExit too: an abandoned commit aborts
             self.abort()
             raise
 
     def _install(self, meta: dict, ts: str, ext: str) -> str | None:
         """Make the temp file the version `ts`; returns the name of the file it
         supersedes (None: the directory held nothing older)."""
+        return run_steps(self._install_steps(meta, ts, ext))
+
+    def _install_steps(self, meta: dict, ts: str, ext: str, *, together: bool = False):
+        """_install in four steps, yielding between them: write,
+        fdatasync, rename, fsync of the directory. Several replicas' writers
+        advanced step by step in one thread (`together`, which also starts each
+        file's writeback in the first step) share the journal's commits: the
+        first fdatasync commits the transaction holding every replica's new
+        blocks and the later ones find theirs done; the same for the
+        directories' fsyncs. No thread per replica is needed to batch them."""
         raw = _encode_metadata(meta)
         self._held.append(raw)
         self._held.append(_footer(raw, self._size))
         self._flush()
+        if together and _sync_file_range is not None:
+            _sync_file_range(self._fd, self._synced, self._written - self._synced,
+                             SYNC_FILE_RANGE_WRITE)
+        yield
         # fdatasync: the data and what is needed to read it back (size,
         # blocks); a new file's timestamps are not worth a second flush
         os.fdatasync(self._fd)
         os.close(self._fd)
         self._fd = -1
+        yield
         # No fsync of each new parent (partition, suffix): ext4 and XFS journal
         # metadata in order, so the fsync of the hash directory below commits
         # the mkdirs made before it too. Swift relies on the same; it saves a
@@ -609,6 +640,7 @@ class Writer:
                 _unlink_quietly(os.path.join(self.datadir, mine))
                 raise OlderTimestamp(f"a newer or equal version exists: {name}",
                                      timestamp=ts, existing=name.rsplit(".", 1)[0])
+        yield
         fsutil.fsync_dir(self.datadir)
         # Keep only the newest file: older data is superseded, not history.
         for _ticks_, _rank, name in files[1:]:
@@ -630,6 +662,15 @@ class Writer:
 
     def __exit__(self, *exc) -> None:
         self.abort()
+
+
+def run_steps(steps):
+    """Run a step generator to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def _unlink_quietly(path: str) -> None:

@@ -145,14 +145,23 @@ class ObjectBackend:
         """Tombstones on every replica; whether any replica had the object."""
         part, primaries, _ = self.nodes(account, container, obj)
 
+        def outcome(r):
+            if isinstance(r, OlderTimestamp):
+                return False            # a newer version is there: nothing to delete
+            return None if isinstance(r, Exception) else r
+
         def one(node: Node):
             try:
                 return node.manager.delete(node.name, part, account, container, obj, timestamp)
-            except OlderTimestamp:
-                return False
-            except (ServiceUnavailable, OSError):
-                return None
-        results = self.fan_out(one, primaries)   # each tombstone costs two fsyncs
+            except (OlderTimestamp, ServiceUnavailable, OSError) as exc:
+                return outcome(exc)
+        if len(primaries) > 1 and not any(node.remote for node in primaries):
+            results = [outcome(r) for r in _step_together(
+                [node.manager.delete_steps(node.name, part, account, container, obj,
+                                           timestamp, together=True) for node in primaries],
+                (OlderTimestamp, ServiceUnavailable, OSError))]
+        else:
+            results = self.fan_out(one, primaries)   # remote: a request each, in parallel
         done = [r for r in results if r is not None]
         if len(done) < quorum(len(primaries)):
             raise InsufficientStorage("too few devices available to record the delete",
@@ -229,10 +238,39 @@ class ObjectBackend:
         self._pool.shutdown(wait=False)
 
 
+def _step_together(steps: list, errors: tuple) -> list:
+    """Advance step generators (Writer.commit_steps, DiskFileManager.
+    delete_steps) one step each in turn until all end: write all, fdatasync
+    all, rename all, fsync all directories (Writer._install_steps). Each
+    step's first flush commits the journal for every replica, as threads
+    flushing at once would get, without a thread per replica. Returns each
+    one's return value, or the exception in `errors` it raised (it has
+    cleaned up after itself); any other exception closes the rest, which
+    then abort."""
+    results: list = [None] * len(steps)
+    live = dict(enumerate(steps))
+    try:
+        while live:
+            for i, step in list(live.items()):
+                try:
+                    next(step)
+                except StopIteration as done:
+                    results[i] = done.value
+                    del live[i]
+                except errors as exc:
+                    results[i] = exc
+                    del live[i]
+    finally:
+        for step in live.values():
+            step.close()
+    return results
+
+
 class ReplicatedWriter:
     """One upload going to several replicas. write() sends each chunk to every
-    replica (page-cache writes, cheap); commit() makes them durable in
-    parallel and needs a quorum. A writer that fails mid-way is dropped; the
+    replica (page-cache writes, cheap); commit() makes them durable together
+    (local replicas step by step in this thread, remote ones in parallel)
+    and needs a quorum. A writer that fails mid-way is dropped; the
     upload fails only when fewer than a quorum remain."""
 
     def __init__(self, backend: ObjectBackend, writers: list[Writer], need: int):
@@ -280,17 +318,19 @@ class ReplicatedWriter:
             raise BadRequest(f"etag {claimed} does not match the data ({etag})", field="etag")
         metadata = dict(metadata, etag=etag)
 
-        def one(w: Writer):
-            try:
-                return w.commit(metadata, timestamp=timestamp)
-            except OlderTimestamp as exc:
-                return exc
-            except OSError as exc:
-                return exc
-        # Each commit is two fsyncs (file, directory); in parallel a PUT waits
-        # for the slowest replica instead of the sum, and the file system's
-        # journal batches the concurrent flushes into fewer commits.
-        results = self._backend.fan_out(one, self._writers)
+        if len(self._writers) > 1 and all(isinstance(w, Writer) for w in self._writers):
+            results = _step_together([w.commit_steps(metadata, timestamp=timestamp,
+                                                     together=True) for w in self._writers],
+                                     (OlderTimestamp, OSError))
+        else:
+            def one(w):
+                try:
+                    return w.commit(metadata, timestamp=timestamp)
+                except (OlderTimestamp, OSError) as exc:
+                    return exc
+            # Remote replicas: each commit is a request, in parallel so a PUT
+            # waits for the slowest replica instead of the sum.
+            results = self._backend.fan_out(one, self._writers)
         good = [r for r in results if isinstance(r, dict)]
         if good and len(good) >= self._need:
             return good[0]

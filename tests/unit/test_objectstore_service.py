@@ -446,3 +446,72 @@ def test_authorize_async_checks_a_non_owner_in_a_thread(svc):
         with pytest.raises(Forbidden):
             await svc.authorize_async(reader, A, "c", write=True)
     asyncio.run(main())
+
+
+def _commit_events(monkeypatch, fail_fdatasync_on=None):
+    """Record the flushes and renames of a commit, in order."""
+    from stackbox.common import fsutil
+    from stackbox.objectstore import diskfile
+    events = []
+    real_sync, real_rename, real_dir = os.fdatasync, diskfile._rename_noreplace, fsutil.fsync_dir
+    calls = iter(range(100))
+
+    def fdatasync(fd):
+        events.append("fdatasync")
+        if next(calls) == fail_fdatasync_on:
+            raise OSError(5, "Input/output error")
+        real_sync(fd)
+    monkeypatch.setattr(diskfile.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(diskfile, "_rename_noreplace",
+                        lambda a, b: events.append("rename") or real_rename(a, b))
+    monkeypatch.setattr(fsutil, "fsync_dir", lambda d: events.append("fsync_dir") or real_dir(d))
+    return events
+
+
+def test_replicas_commit_step_by_step_in_one_thread(svc, tmp_path, monkeypatch):
+    """All three files are flushed before any is renamed, and all renamed
+    before any directory is flushed: each step's first flush commits the
+    journal for the three (no thread per replica)."""
+    svc.create_container(A, "c")
+    w = svc.backend.writer(A, "c", "o")
+    w.write(b"data")
+    events = _commit_events(monkeypatch)
+    assert w.commit({}, "1700000000.00000")["etag"] == hashlib.md5(b"data").hexdigest()
+    assert events == ["fdatasync"] * 3 + ["rename"] * 3 + ["fsync_dir"] * 3
+    assert len(_files(tmp_path / "objects")) == 3
+
+
+def test_a_replica_failing_its_flush_is_dropped_and_the_rest_commit(svc, tmp_path,
+                                                                    monkeypatch):
+    svc.create_container(A, "c")
+    w = svc.backend.writer(A, "c", "o")
+    w.write(b"data")
+    events = _commit_events(monkeypatch, fail_fdatasync_on=1)
+    w.commit({}, "1700000000.00000")                 # 2 of 3: a quorum
+    assert events == ["fdatasync"] * 3 + ["rename"] * 2 + ["fsync_dir"] * 2
+    assert len(_files(tmp_path / "objects")) == 2
+    assert [f for d in ("d1", "d2", "d3") for f in os.listdir(tmp_path / "objects" / d / "tmp")] == []
+
+
+def test_an_unexpected_error_mid_commit_leaves_no_temp_file(svc, tmp_path, monkeypatch):
+    from stackbox.objectstore import diskfile
+    svc.create_container(A, "c")
+    w = svc.backend.writer(A, "c", "o")
+    w.write(b"data")
+
+    def broken(fd):
+        raise RuntimeError("bug")
+    monkeypatch.setattr(diskfile.os, "fdatasync", broken)
+    with pytest.raises(RuntimeError):
+        w.commit({}, "1700000000.00000")
+    assert _files(tmp_path / "objects") == []
+    assert [f for d in ("d1", "d2", "d3") for f in os.listdir(tmp_path / "objects" / d / "tmp")] == []
+
+
+def test_tombstones_are_written_step_by_step_too(svc, tmp_path, monkeypatch):
+    svc.create_container(A, "c")
+    svc.put_object(A, "c", "o", [b"data"])
+    events = _commit_events(monkeypatch)
+    assert svc.backend.delete(A, "c", "o", "1900000000.00000") is True
+    assert events == ["fdatasync"] * 3 + ["rename"] * 3 + ["fsync_dir"] * 3
+    assert len(_files(tmp_path / "objects", ".ts")) == 3 and _files(tmp_path / "objects") == []
