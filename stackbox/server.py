@@ -32,7 +32,7 @@ from stackbox.objectstore.auditor import Auditor
 from stackbox.objectstore.replicator import Replicator
 from stackbox.objectstore.bootstrap import build_service as build_objectstore
 from stackbox.common.generation import SharedGeneration
-from stackbox.objectstore.workers import Workers, build_port_app, generation_path
+from stackbox.objectstore.workers import Workers, build_port_app, connection_shares, generation_path
 from stackbox.network.api import build_app as build_network_app
 from stackbox.network.service import NetworkService
 
@@ -221,10 +221,13 @@ def serve(settings: Settings, sockets: list[socket.socket] | None = None) -> Non
     if sockets is None:
         sockets = [bind(settings.api.bind_address, p)
                    for p in settings.listen_ports().values()]
-    server = Server(uvicorn_config(PortDispatcher(cloud.apps())))
     store_port = settings.object_store.port
-    workers = Workers(settings, next(s for s in sockets if s.getsockname()[1] == store_port),
-                      settings.object_store.worker_count())
+    store = next(s for s in sockets if s.getsockname()[1] == store_port)
+    workers = Workers(settings, store, settings.object_store.worker_count())
+    shared = workers.count > 1      # several processes accept on the store port
+    server = Server(uvicorn_config(PortDispatcher(cloud.apps())),
+                    shared=(store,) if shared else (),
+                    shares=connection_shares(settings, 0, create=True) if shared else None)
     pid_path = pidfile(settings.data_dir)
     pid_path.write_text(f"{os.getpid()}\n")
 

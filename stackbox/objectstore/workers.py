@@ -40,6 +40,14 @@ def generation_path(data_dir: Path) -> Path:
     return data_dir / "generation"
 
 
+def connection_shares(settings, index: int, *, create: bool = False):
+    """The count of object-store connections each process holds (slot
+    `index`), which evens out who accepts the next one (SharedAccept)."""
+    from stackbox.common.http.serving import ConnectionShares
+    return ConnectionShares(settings.data_dir / "object-connections", index,
+                            settings.object_store.worker_count(), create=create)
+
+
 def build_port_app(settings, identity, objectstore, generation):
     """The object-store port's ASGI app: S3 requests to the S3 API, the rest
     to the Swift API (the same in the stackbox process and in a worker)."""
@@ -152,7 +160,8 @@ def serve_worker(settings, fd: int, index: int) -> None:
     # to the whole process group: the stackbox process stops it then.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server = Server(uvicorn_config(build_port_app(settings, identity, objectstore,
-                                                  generation)), signals=(signal.SIGTERM,))
+                                                  generation)), signals=(signal.SIGTERM,),
+                    shared=(sock,), shares=connection_shares(settings, index))
     log.info("object-store worker %d serving port %d", index, settings.object_store.port)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:

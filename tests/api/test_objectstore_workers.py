@@ -185,3 +185,31 @@ def test_a_killed_worker_is_started_again_and_down_stops_them(store, demo):
     finally:
         store.start()
         wait_for_workers(store)
+
+
+def test_a_burst_of_keep_alive_connections_is_dealt_out_evenly(store, demo):
+    """A client that opens its connections at once (a benchmark's 16) gets
+    them spread over the processes (stackbox.common.http.serving.SharedAccept),
+    not all taken by the first event loop to wake, which then did all the
+    work while the others idled."""
+    import http.client
+    from urllib.parse import urlsplit
+    c = f"burst-{uuid.uuid4().hex[:8]}"
+    fresh(store).put_container(c)
+    url = urlsplit(demo["url"])
+    conns = [http.client.HTTPConnection(url.hostname, url.port, timeout=30) for _ in range(12)]
+    for conn in conns:
+        conn.connect()          # all connected before any request is sent
+    try:
+        for i, conn in enumerate(conns):
+            conn.request("GET", f"{url.path}/{c}?conn={i}", headers={"X-Auth-Token": demo["token"]})
+            assert conn.getresponse().read() == b""
+    finally:
+        for conn in conns:
+            conn.close()
+    logs = store.data_dir / "log"
+    served = {p.name: sum(f"{c}?conn={i} " in p.read_text() or f"{c}?conn={i}\"" in p.read_text()
+                          for i in range(12))
+              for p in [logs / "stackbox.log", *logs.glob("object-worker-*.log")]}
+    assert sum(served.values()) == 12, served
+    assert max(served.values()) - min(served.values()) <= 2, served
