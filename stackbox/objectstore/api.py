@@ -195,7 +195,7 @@ class SwiftApi:
 
     # -- entry ---------------------------------------------------------------
     async def dispatch(self, request):
-        path = request.url.path
+        path = request.scope["path"]     # decoded (request.url.path escapes ?, # and backslash)
         if path in ("/", ""):
             return self._versions(request)
         if path == "/info":
@@ -293,7 +293,7 @@ class SwiftApi:
             keys += [c.meta[k] for k in ("temp-url-key", "temp-url-key-2") if k in c.meta]
         except NotFound:
             pass
-        tempurl.verify(method=request.method, path=request.url.path,
+        tempurl.verify(method=request.method, path=request.scope["path"],
                        sig=q.get("temp_url_sig", ""), expires_raw=q.get("temp_url_expires"),
                        keys=keys, prefix=q.get("temp_url_prefix"))
 

@@ -522,3 +522,15 @@ def test_a_project_reader_may_read_through_an_acl_and_may_not_write(cloud, endpo
         reader.put_object(Bucket=bucket, Key="w", Body=b"x")
     assert code_of(e) == ("AccessDenied", 403)
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["k"]
+
+
+def test_keys_with_url_characters_are_keys(s3, bucket):
+    """?, #, % and backslash in a key are the key's own (boto3 quotes them),
+    and the Swift API sees the same names."""
+    keys = ["what?x=1", "sharp#frag", "back\\slash", "per%25cent"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    listed = s3.list_objects_v2(Bucket=bucket)["Contents"]
+    assert sorted(o["Key"] for o in listed) == sorted(keys)
+    for key in keys:
+        assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == key.encode()

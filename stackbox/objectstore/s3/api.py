@@ -158,7 +158,7 @@ class S3Api:
             name = host.split("]", 1)[0] + "]"
         else:
             name = host.rsplit(":", 1)[0]
-        path = request.url.path
+        path = request.scope["path"]     # decoded (request.url.path escapes ?, # and backslash)
         for domain in self.base_domains:
             if name.endswith("." + domain):
                 bucket = name[: -len(domain) - 1]
