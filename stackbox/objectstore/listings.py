@@ -146,11 +146,14 @@ class _Slot:
     `future`, settled on its loop."""
     __slots__ = ("change", "result", "error", "wake", "loop", "future")
 
-    def __init__(self, change, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, change, loop: asyncio.AbstractEventLoop | None = None, *,
+                 waits: bool = True):
         self.change = change
         self.result = self.error = None
         self.loop = loop
-        if loop is None:
+        if not waits:               # written in the caller's own thread
+            self.wake = self.future = None
+        elif loop is None:
             self.wake = threading.Lock()
             self.wake.acquire()
             self.future = None
@@ -223,6 +226,18 @@ class ListingWriter:
         self._submit(slot)
         slot.wake.acquire()
         return slot.outcome()
+
+    def apply_here(self, changes: list) -> list:
+        """Store several changes as one batch in the calling thread (the step
+        runner's, after its batch is on disk: no hop to the listing thread
+        and back through the event loop); each change's result, or the
+        exception it failed with."""
+        slots = [_Slot(change, None, waits=False) for change in changes]
+        try:
+            self._commit(slots)
+        except Exception as exc:          # noqa: BLE001 - every change gets it
+            return [exc] * len(slots)
+        return [slot.error if slot.error is not None else slot.result for slot in slots]
 
     async def apply_async(self, change: Put | Remove) -> bool:
         """The change is stored even if the awaiting request is cancelled:

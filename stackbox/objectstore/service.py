@@ -61,6 +61,8 @@ from stackbox.objectstore.diskfile import normalize_timestamp
 from stackbox.objectstore.errors import (EntityTooLarge, OlderTimestamp, PreconditionFailed,
                                          Quarantined, Unprocessable)
 from stackbox.objectstore.loopreads import LoopReads, must_not_block
+from stackbox.objectstore.steprunner import Listed, StepRunner
+from stackbox.objectstore.diskfile import run_steps
 from stackbox.objectstore.listings import ListingWriter, Put, Remove
 from stackbox.objectstore.models import Account, Container, Object
 from stackbox.objectstore.storage import ObjectBackend
@@ -343,6 +345,7 @@ class ObjectStoreService:
         self._containers: dict[tuple[str, str], tuple[float, int, ContainerInfo]] = {}
         self._cache_lock = threading.Lock()
         self._listings = ListingWriter(db.engine)
+        self.steps = StepRunner(self._listings)
         self.loop_reads = LoopReads()         # small GETs on the event loop while cached
         self._accounts: dict[str, tuple[float, int, int | None]] = {}
 
@@ -400,6 +403,7 @@ class ObjectStoreService:
     # -- accounts ------------------------------------------------------------
     def account_info(self, account: str) -> AccountInfo:
         check_account(account)
+        must_not_block()
         with self.db.read() as s:
             row = s.get(Account, account)
             count, objects, used = s.execute(
@@ -568,6 +572,7 @@ class ObjectStoreService:
         hit = self._accounts.get(account)
         gen = self.generation.value()
         if hit is None or hit[0] <= time.monotonic() or hit[1] != gen:
+            must_not_block()
             with self.db.read() as s:
                 quota = self._account_sysmeta(s, account).get("quota_bytes")
             hit = self._accounts[account] = (time.monotonic() + CONTAINER_CACHE_SECONDS, gen,
@@ -588,6 +593,7 @@ class ObjectStoreService:
             hit = self._containers.get(key)
             if hit and hit[0] > time.monotonic() and hit[1] == gen:
                 return hit[2]
+        must_not_block()        # a database query (put_object_async's check on the loop)
         with self.db.read() as s:
             row = s.get(Container, key)
             if row is None:
@@ -716,16 +722,23 @@ class ObjectStoreService:
 
     async def put_object_async(self, account: str, container: str, name: str,
                                chunks: AsyncIterable[bytes], **kw) -> ObjectInfo:
-        """put_object for an async stream (a request body). A small body costs
-        one worker-thread hop in all. A large one is written WRITE_BUFFER at a
-        time in a worker thread while the event loop receives the next buffer
-        (one write in flight, so memory stays at about two buffers)."""
+        """put_object for an async stream (a request body). A small body
+        (under WRITE_BUFFER, all held in memory) is checked on the event loop
+        while the caches answer (LoopReads) and written to disk by the step
+        runner, together with the other small PUTs and DELETEs that wait
+        (stackbox.objectstore.steprunner); with a remote device, in a worker
+        thread. A large one is written WRITE_BUFFER at a time in a worker
+        thread while the event loop receives the next buffer (one write in
+        flight, so memory stays at about two buffers)."""
         state: dict = {}
 
-        def start():
-            state["info"] = self._precheck_put(
+        def precheck() -> ContainerInfo:
+            return self._precheck_put(
                 account, container, name, size=kw.get("size"), meta=kw.get("meta"),
                 delete_at=kw.get("delete_at"), if_none_match=kw.get("if_none_match", False))
+
+        def start(info: ContainerInfo | None = None):
+            state["info"] = info or precheck()
             state["w"] = self.backend.writer(account, container, name)
 
         def flush(data: bytes):
@@ -744,6 +757,16 @@ class ObjectStoreService:
             return self._finish_put(state["w"], state["info"], name, record=False, **{
                 k: v for k, v in kw.items() if k != "if_none_match"})
 
+        def finish_steps(info: ContainerInfo, data: bytes):
+            # in the step runner's thread, with the other PUTs waiting
+            start(info)
+            if data:
+                flush(data)
+            obj = yield from self._finish_put_steps(state["w"], state["info"], name,
+                                                    record=False, **{
+                k: v for k, v in kw.items() if k != "if_none_match"})
+            return Listed(obj, self._listing_put(obj))    # the runner writes the row
+
         parts: list[bytes] = []
         held = 0
         writing: asyncio.Future | None = None
@@ -761,6 +784,10 @@ class ObjectStoreService:
             if writing is not None:
                 await writing
                 writing = None
+            if "w" not in state and self.backend.all_local:     # all of it held here
+                info = await self.loop_reads.run(precheck)
+                obj, _listed = await self.steps.run(finish_steps(info, b"".join(parts)))
+                return obj
             obj = await anyio.to_thread.run_sync(finish, b"".join(parts))
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -773,11 +800,15 @@ class ObjectStoreService:
         await self._listings.apply_async(self._listing_put(obj))
         return obj
 
-    def _finish_put(self, w, info: ContainerInfo, name: str, *, content_type=None, meta=None,
-                    headers=None, etag=None, size=None, delete_at=None,
-                    extra=None, versioned=True, record=True) -> ObjectInfo:
+    def _finish_put(self, w, info: ContainerInfo, name: str, **kw) -> ObjectInfo:
         """record=False: the caller writes the listing row (put_object_async
         awaits it on its event loop instead of holding a thread)."""
+        return run_steps(self._finish_put_steps(w, info, name, **kw))
+
+    def _finish_put_steps(self, w, info: ContainerInfo, name: str, *, content_type=None,
+                          meta=None, headers=None, etag=None, size=None, delete_at=None,
+                          extra=None, versioned=True, record=True):
+        """_finish_put as a generator of steps (ReplicatedWriter.commit_steps)."""
         try:
             if size is not None and w.size != size:
                 raise BadRequest(f"Content-Length says {size} bytes but {w.size} arrived",
@@ -790,7 +821,17 @@ class ObjectStoreService:
             if versioned:
                 self._archive_current(info, name)
             ts = now_timestamp()
-            stored = w.commit(disk, ts) if not etag else self._commit_checked(w, disk, ts, etag)
+            if not etag:
+                stored = yield from w.commit_steps(disk, ts)
+            else:
+                try:
+                    stored = yield from w.commit_steps(dict(disk, etag=etag.strip('"').lower()),
+                                                       ts)
+                except BadRequest as exc:
+                    if exc.field == "etag":
+                        raise Unprocessable(f"Unprocessable Entity: the ETag {etag} does not "
+                                            f"match the data received", field="etag") from None
+                    raise
         except BaseException:
             w.abort()
             raise
@@ -798,16 +839,6 @@ class ObjectStoreService:
         if record:
             self._record(obj)
         return obj
-
-    @staticmethod
-    def _commit_checked(w, disk: dict, ts: str, etag: str) -> dict:
-        try:
-            return w.commit(dict(disk, etag=etag.strip('"').lower()), ts)
-        except BadRequest as exc:
-            if exc.field == "etag":
-                raise Unprocessable(f"Unprocessable Entity: the ETag {etag} does not match "
-                                    f"the data received", field="etag") from None
-            raise
 
     def _record(self, obj: ObjectInfo) -> None:
         """The listing row and the container counters (group commit with the
@@ -916,13 +947,32 @@ class ObjectStoreService:
 
     async def delete_object_async(self, account: str, container: str, name: str, *,
                                   check: Callable[[], object] | None = None) -> None:
-        """delete_object for an event loop: the disk work in a worker thread
-        (after `check`, an authorization, in the same thread), the listing row
-        awaited (see put_object_async)."""
+        """delete_object for an event loop (after `check`, an authorization):
+        the tombstones written by the step runner with the other requests'
+        (see put_object_async), or in a worker thread when the container
+        keeps versions (copies, listings) or a device is remote; the listing
+        row awaited."""
+        def precheck() -> ContainerInfo:
+            if check is not None:
+                check()
+            check_object(name)
+            return self.container_info(account, container)
+
         def on_disk():
             if check is not None:
                 check()
             return self._delete_on_disk(account, container, name)
+        info = await self.loop_reads.run(precheck) if self.backend.all_local else None
+        if info is not None and not (info.sysmeta.get("history_location")
+                                     or info.sysmeta.get("versions_location")):
+            ts = now_timestamp()
+
+            def tombstones():
+                existed = yield from self.backend.delete_steps(account, container, name, ts)
+                return Listed(existed, Remove(account, container, name, ts))
+            existed, removed = await self.steps.run(tombstones())
+            self._check_deleted(name, existed, removed)
+            return
         deleted = await anyio.to_thread.run_sync(on_disk)
         if deleted is not None:
             removed = await self._listings.apply_async(Remove(account, container, name,

@@ -10,12 +10,15 @@ byte chunks. Nothing here knows about accounts' listings, ACLs or the database.
 
 Placement: the ring gives each name a partition and its primary devices. A
 PUT streams to every primary (a handoff stands in for a primary whose device
-is missing) and succeeds when a quorum of replicas is durably on disk. Every
-replica's work (big writes, the commit's fsyncs, a delete's tombstone) runs at
-the same time: replica 0 in the calling thread, the others in a small pool, so
-a 3-replica PUT waits for about one replica's fsyncs, not three. A GET opens
-the first replica that has a good copy: a missing or corrupt one (quarantined
-on the spot) is skipped.
+is missing) and succeeds when a quorum of replicas is durably on disk. Local
+replicas' commits (and a delete's tombstones) are generators of steps that
+`together` advances a round at a time in one thread (write all, fdatasync
+all, rename all, fsync all directories), so a 3-replica PUT waits for about
+one replica's flushes, not three; the step runner (steprunner.py) does the
+same across the small PUTs and DELETEs of many requests. Remote replicas'
+requests, and big chunks to several replicas, go in parallel through a small
+pool. A GET opens the newest replica that has a good copy: a missing or
+corrupt one (quarantined on the spot) is skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from typing import Iterator, NoReturn
 
 from stackbox.common.errors import BadRequest, NotFound, ServiceUnavailable, StackboxError
-from stackbox.objectstore.diskfile import DiskFileManager, Peek, Reader, Writer
+from stackbox.objectstore.diskfile import DiskFileManager, Peek, Reader, Writer, run_steps
 from stackbox.objectstore.errors import InsufficientStorage, OlderTimestamp
 from stackbox.objectstore.loopreads import must_not_block
 from stackbox.objectstore.objectserver import backend_token
@@ -64,6 +67,7 @@ class ObjectBackend:
         self.chunk_size = chunk_size
         self._managers: dict[str, DiskFileManager] = {}
         self._remotes: dict[str, RemoteDevices] = {}
+        self._nodes: dict[Device, Node] = {}
         for dev in ring.devices.values():
             if dev.host != "local":
                 parse_address(dev.host)     # a bad host fails at start-up, not on a PUT
@@ -73,10 +77,22 @@ class ObjectBackend:
         self._lock = threading.Lock()
 
     @property
+    def all_local(self) -> bool:
+        """Whether every device is a directory of this host: then a small
+        write is only short file-system calls (no request to wait for)."""
+        return all(d.host == "local" for d in self.ring.devices.values())
+
+    @property
     def replicas(self) -> int:
         return self.ring.replicas
 
     def _node(self, dev: Device) -> Node:
+        node = self._nodes.get(dev)      # the ring is fixed for the backend's life
+        if node is None:
+            node = self._nodes[dev] = self._new_node(dev)
+        return node
+
+    def _new_node(self, dev: Device) -> Node:
         if dev.host != "local":
             with self._lock:
                 remote = self._remotes.get(dev.host)
@@ -143,6 +159,12 @@ class ObjectBackend:
 
     def delete(self, account: str, container: str, obj: str, timestamp: str) -> bool:
         """Tombstones on every replica; whether any replica had the object."""
+        return run_steps(self.delete_steps(account, container, obj, timestamp))
+
+    def delete_steps(self, account: str, container: str, obj: str, timestamp: str):
+        """delete() as a generator of steps (see together): local replicas'
+        tombstones step by step; remote ones all in the first step, a
+        request each, in parallel."""
         part, primaries, _ = self.nodes(account, container, obj)
 
         def outcome(r):
@@ -155,13 +177,13 @@ class ObjectBackend:
                 return node.manager.delete(node.name, part, account, container, obj, timestamp)
             except (OlderTimestamp, ServiceUnavailable, OSError) as exc:
                 return outcome(exc)
-        if len(primaries) > 1 and not any(node.remote for node in primaries):
-            results = [outcome(r) for r in _step_together(
+        if not any(node.remote for node in primaries):
+            results = [outcome(r) for r in (yield from together(
                 [node.manager.delete_steps(node.name, part, account, container, obj,
                                            timestamp, together=True) for node in primaries],
-                (OlderTimestamp, ServiceUnavailable, OSError))]
+                (OlderTimestamp, ServiceUnavailable, OSError)))]
         else:
-            results = self.fan_out(one, primaries)   # remote: a request each, in parallel
+            results = self.fan_out(one, primaries)
         done = [r for r in results if r is not None]
         if len(done) < quorum(len(primaries)):
             raise InsufficientStorage("too few devices available to record the delete",
@@ -238,15 +260,15 @@ class ObjectBackend:
         self._pool.shutdown(wait=False)
 
 
-def _step_together(steps: list, errors: tuple) -> list:
+def together(steps: list, errors: tuple):
     """Advance step generators (Writer.commit_steps, DiskFileManager.
-    delete_steps) one step each in turn until all end: write all, fdatasync
-    all, rename all, fsync all directories (Writer._install_steps). Each
-    step's first flush commits the journal for every replica, as threads
-    flushing at once would get, without a thread per replica. Returns each
-    one's return value, or the exception in `errors` it raised (it has
-    cleaned up after itself); any other exception closes the rest, which
-    then abort."""
+    delete_steps) one step each in turn until all end, yielding after each
+    round: write all, fdatasync all, rename all, fsync all directories
+    (Writer._install_steps). Each step's first flush commits the journal for
+    every one of them, as threads flushing at once would get, without a
+    thread each. Returns each one's return value, or the exception in
+    `errors` it raised (it has cleaned up after itself); any other
+    exception, or closing this generator, closes the rest, which then abort."""
     results: list = [None] * len(steps)
     live = dict(enumerate(steps))
     try:
@@ -260,6 +282,8 @@ def _step_together(steps: list, errors: tuple) -> list:
                 except errors as exc:
                     results[i] = exc
                     del live[i]
+            if live:
+                yield
     finally:
         for step in live.values():
             step.close()
@@ -308,9 +332,19 @@ class ReplicatedWriter:
             raise InsufficientStorage(f"{len(alive)} of the {self._need} replicas needed "
                                       f"could be written: {self._failure}", field="device")
 
+    @property
+    def local(self) -> bool:
+        """Whether every replica is a local disk (no request to wait for)."""
+        return all(isinstance(w, Writer) for w in self._writers)
+
     def commit(self, metadata: dict, timestamp: str) -> dict:
         """Raises BadRequest(field="etag") when metadata carries an etag that
         the data does not have (a client's ETag / Content-MD5)."""
+        return run_steps(self.commit_steps(metadata, timestamp))
+
+    def commit_steps(self, metadata: dict, timestamp: str):
+        """commit() as a generator of steps (see together): local replicas
+        step by step; remote ones all in the first step, in parallel."""
         etag = self._md5.hexdigest()
         claimed = metadata.get("etag")
         if claimed is not None and str(claimed).strip('"').lower() != etag:
@@ -318,10 +352,11 @@ class ReplicatedWriter:
             raise BadRequest(f"etag {claimed} does not match the data ({etag})", field="etag")
         metadata = dict(metadata, etag=etag)
 
-        if len(self._writers) > 1 and all(isinstance(w, Writer) for w in self._writers):
-            results = _step_together([w.commit_steps(metadata, timestamp=timestamp,
-                                                     together=True) for w in self._writers],
-                                     (OlderTimestamp, OSError))
+        if self.local:
+            results = yield from together([w.commit_steps(metadata, timestamp=timestamp,
+                                                           together=True)
+                                            for w in self._writers],
+                                           (OlderTimestamp, OSError))
         else:
             def one(w):
                 try:
