@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """S3 API benchmark: stackbox's S3 beside real OpenStack Swift's s3api.
 
-    .venv/bin/python bench/objectstore/s3.py [--rounds 3] [--n 2000] [-c 16]
+    .venv/bin/python bench/objectstore/s3.py [--rounds 3] [--n 2000] [--warmup 500] [-c 16]
         [--size 4096] [--replicas 1 3] [--large-n 2] [--large-mib 64] [--no-peer]
         [--client signed-http|boto3]
 
@@ -239,6 +239,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--warmup", type=int, default=500)
     ap.add_argument("-c", type=int, default=16)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--replicas", type=int, nargs="+", default=[1, 3])
@@ -275,6 +276,13 @@ def main(argv=None) -> int:
                                       peer.create_container(bucket, "r3")))
         results: dict[str, list] = {t.name: [] for t in targets}
         larges: dict[str, list] = {t.name: [] for t in targets}
+        # An untimed warm-up of every target first: the first round used to
+        # catch the servers just started (Swift's daemons' first passes, lazy
+        # imports, empty caches and partition directories) and, as stackbox
+        # runs first in it, to charge that to stackbox.
+        print(f"warm-up ({a.warmup} of each operation per target, not counted)", flush=True)
+        for t in targets:
+            small(t, a.warmup, a.c, a.size)
         for rnd in range(a.rounds):
             order = targets if rnd % 2 == 0 else list(reversed(targets))
             print(f"round {rnd + 1}: load average {load_average()}", flush=True)
