@@ -1,4 +1,4 @@
-"""Small PUTs and DELETEs of one process committed together, in one thread.
+"""Small PUTs and DELETEs of one process committed together, in batches.
 
 A small PUT's disk work is a handful of short system calls and two waits
 for the disk: fdatasync of the file, fsync of its directory. Run in a
@@ -7,14 +7,17 @@ kernel batches flushes that arrive together), but every PUT paid its own
 thread hop, and with eight at a time the threads fought over the
 interpreter lock around every system call.
 
-StepRunner instead runs the requests that are waiting, as step generators
+StepRunner instead runs the requests that are waiting as step generators
 (a PUT's in ObjectStoreService.put_object_async, a DELETE's
-ObjectBackend.delete_steps), in one thread, a round at a time
-(storage.together): open and write every file and start its writeback; fdatasync every
-file (the first flush commits the journal transaction holding all of them,
-the rest find theirs done); rename every file; fsync every directory (the
-same again). Requests that arrive meanwhile go in the next batch. Then the
-event loop is woken once for the whole batch.
+ObjectBackend.delete_steps), a round at a time (storage.together). Its
+first thread takes each new request's first step: open and write its files
+and start their writeback. Its second thread takes every request started
+meanwhile as one batch: fdatasync every file (the first flush commits the
+journal transaction holding all of them, the rest find theirs done), rename
+every file, fsync every directory (the same again), then writes the batch's
+listing rows (ListingWriter.apply_here) and wakes the event loop once for
+the whole batch. While the second thread waits for the disk, the first
+prepares the next batch.
 
 Only work that is quick is given to it (bodies held in memory, local
 devices, no versioned container); a step that blocked long would hold up
@@ -23,9 +26,11 @@ on the event loop while caches answer them, else in a worker thread.
 
 Measured with 4 KiB objects at c=16, two processes, connections spread
 evenly (docs/objectstore.md): 1,125-1,192 PUTs/s through a thread each,
-1,442-1,444/s through the runner; server CPU 1.23-1.30 -> 0.87-0.89 ms per
-PUT. Two or four runner threads per process did no better (1,261-1,440/s):
-they fight over the interpreter lock.
+1,442-1,444/s through one runner thread; server CPU 1.23-1.30 -> 0.87-0.89
+ms per PUT. The first thread for the first steps then added 5-11%
+(1,213 / 1,378 / 1,450 -> 1,348 / 1,484 / 1,527 in interleaved pairs). Two
+or four whole runner threads per process did no better than one
+(1,261-1,440/s): they fight over the interpreter lock for the same steps.
 """
 
 from __future__ import annotations
@@ -53,32 +58,36 @@ class Listed(NamedTuple):
 
 
 class StepRunner:
-    """One thread that advances batches of step generators together."""
+    """Two threads that advance batches of step generators together: the
+    first step of each new one, then the rest of all started ones."""
 
     def __init__(self, listings=None, *, name: str = "sbx-steps"):
         self._listings = listings
         self._name = name
-        self._queue: deque = deque()
+        self._queue: deque = deque()        # jobs not started
+        self._started: deque = deque()      # jobs past their first step
         self._wake = threading.Condition(threading.Lock())
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
+        self._starting_done = False         # the first thread has ended (closed)
         self.batches = self.jobs = 0      # counts, for tests and benchmarks
 
     async def run(self, steps):
         """The return value of the step generator `steps`, run to its end in
-        the runner's thread with the other waiting ones; its exception
+        the runner's threads with the other waiting ones; its exception
         (an Exception) is raised here."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         with self._wake:
             if self._closed:
                 raise RuntimeError("the step runner is closed")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=self._name,
-                                                daemon=True)
-                self._thread.start()
+            if not self._threads:
+                for target, suffix in ((self._start_loop, "-start"), (self._loop, "")):
+                    t = threading.Thread(target=target, name=self._name + suffix, daemon=True)
+                    t.start()
+                    self._threads.append(t)
             self._queue.append((steps, fut, loop))
-            self._wake.notify()
+            self._wake.notify_all()
         # Like a worker thread's call, the steps run to their end even when
         # the caller is cancelled meanwhile: whatever it does next (an
         # abort, say) must not race them.
@@ -97,19 +106,50 @@ class StepRunner:
     def close(self) -> None:
         with self._wake:
             self._closed = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._wake.notify_all()
+        for t in self._threads:
+            t.join(timeout=10)
 
-    def _loop(self) -> None:
+    def _start_loop(self) -> None:
+        """The first step of each new job (open and write its files), while
+        the other thread waits for the disk on the batch before."""
         while True:
             with self._wake:
                 while not self._queue and not self._closed:
                     self._wake.wait()
                 if not self._queue:
+                    self._starting_done = True
+                    self._wake.notify_all()
                     return
                 batch = [self._queue.popleft()
                          for _ in range(min(len(self._queue), MAX_BATCH))]
+            started, done = [], []
+            for job in batch:
+                try:
+                    next(job[0])
+                except StopIteration as end:
+                    done.append((job, end.value))
+                except BaseException as exc:     # noqa: BLE001 - handed to its waiter
+                    done.append((job, exc))
+                else:
+                    started.append(job)
+            if done:
+                results = [r for _j, r in done]
+                self._list(results)
+                _hand_back([j for j, _r in done], results)
+            with self._wake:
+                self._started.extend(started)
+                self._wake.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._started and not self._starting_done:
+                    self._wake.wait()
+                if not self._started:
+                    return
+                batch = [self._started.popleft()
+                         for _ in range(min(len(self._started), MAX_BATCH))]
             self.batches += 1
             self.jobs += len(batch)
             try:
@@ -117,15 +157,7 @@ class StepRunner:
             except BaseException as exc:     # noqa: BLE001 - handed to every waiter
                 results = [exc] * len(batch)
             self._list(results)
-            by_loop: dict = {}
-            for (_steps, fut, loop), result in zip(batch, results):
-                by_loop.setdefault(loop, []).append((fut, result))
-            for loop, done in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_deliver, done)
-                except RuntimeError:
-                    pass        # that loop is closed: nobody is waiting
-
+            _hand_back(batch, results)
 
     def _list(self, results: list) -> None:
         """The listing rows of the jobs that returned Listed, in one batch."""
@@ -138,6 +170,18 @@ class StepRunner:
         for i, outcome in zip(listed, outcomes):
             results[i] = outcome if isinstance(outcome, BaseException) \
                 else (results[i].value, outcome)
+
+
+def _hand_back(batch: list, results: list) -> None:
+    """Each job's result to its caller: one call per event loop."""
+    by_loop: dict = {}
+    for (_steps, fut, loop), result in zip(batch, results):
+        by_loop.setdefault(loop, []).append((fut, result))
+    for loop, done in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, done)
+        except RuntimeError:
+            pass        # that loop is closed: nobody is waiting
 
 
 def _deliver(done: list) -> None:

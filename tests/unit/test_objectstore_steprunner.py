@@ -11,10 +11,10 @@ import pytest
 from stackbox.objectstore.steprunner import StepRunner
 
 
-def _job(name, log, rounds=3, *, gate=None, fail_at=None):
+def _job(name, log, rounds=3, *, gate=None, gate_at=0, fail_at=None):
     def steps():
         for r in range(rounds):
-            if gate is not None and r == 0:
+            if gate is not None and r == gate_at:
                 gate.wait(5)
             log.append((name, r, threading.current_thread().name))
             if r == fail_at:
@@ -26,13 +26,15 @@ def _job(name, log, rounds=3, *, gate=None, fail_at=None):
 
 
 def test_waiting_jobs_go_together_round_by_round_and_keep_their_results():
+    """A job's first step (open and write) runs in one thread, the rest (the
+    flushes and renames) in the other, with every job that is waiting."""
     log: list = []
     gate = threading.Event()
     runner = StepRunner()
 
     async def main():
-        first = asyncio.ensure_future(runner.run(_job("a", log, gate=gate)))
-        await asyncio.sleep(0.05)       # "a" holds the runner: the rest queue up
+        first = asyncio.ensure_future(runner.run(_job("a", log, gate=gate, gate_at=1)))
+        await asyncio.sleep(0.05)       # "a" holds the second thread: the rest queue up
         rest = [asyncio.ensure_future(runner.run(_job(n, log, fail_at=1 if n == "c" else None)))
                 for n in ("b", "c", "d")]
         await asyncio.sleep(0.05)
@@ -45,12 +47,14 @@ def test_waiting_jobs_go_together_round_by_round_and_keep_their_results():
     assert first == "A"
     assert rest[0] == "B" and rest[2] == "D"
     assert isinstance(rest[1], ValueError) and str(rest[1]) == "c failed"
-    assert {t for _n, _r, t in log} == {"sbx-steps"}
-    assert [(n, r) for n, r, _t in log] == [
-        ("a", 0), ("a", 1), ("a", 2),                  # the first batch, alone
-        ("b", 0), ("c", 0), ("d", 0),                  # then the three that waited
-        ("b", 1), ("c", 1), ("d", 1),                  # "c" fails here, the rest go on
-        ("b", 2), ("d", 2)]
+    assert [(n, r, t) for n, r, t in log] == [
+        ("a", 0, "sbx-steps-start"),
+        ("b", 0, "sbx-steps-start"), ("c", 0, "sbx-steps-start"),   # started while "a"
+        ("d", 0, "sbx-steps-start"),                                # waits for the disk
+        ("a", 1, "sbx-steps"), ("a", 2, "sbx-steps"),               # the first batch, alone
+        ("b", 1, "sbx-steps"), ("c", 1, "sbx-steps"),               # then the three that
+        ("d", 1, "sbx-steps"),                                      # waited, together;
+        ("b", 2, "sbx-steps"), ("d", 2, "sbx-steps")]               # "c" failed
     assert (runner.batches, runner.jobs) == (2, 4)
 
 
