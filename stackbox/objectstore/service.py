@@ -57,12 +57,11 @@ from stackbox.common.generation import LocalGeneration
 from stackbox.common.errors import (BadRequest, Conflict, Forbidden, NotFound, QuotaExceeded,
                                     Unauthorized)
 from stackbox.objectstore import acl
-from stackbox.objectstore.diskfile import normalize_timestamp
+from stackbox.objectstore.diskfile import normalize_timestamp, run_steps
 from stackbox.objectstore.errors import (EntityTooLarge, OlderTimestamp, PreconditionFailed,
                                          Quarantined, Unprocessable)
 from stackbox.objectstore.loopreads import LoopReads, must_not_block
 from stackbox.objectstore.steprunner import Listed, StepRunner
-from stackbox.objectstore.diskfile import run_steps
 from stackbox.objectstore.listings import ListingWriter, Put, Remove
 from stackbox.objectstore.models import Account, Container, Object
 from stackbox.objectstore.storage import ObjectBackend
@@ -751,7 +750,7 @@ class ObjectStoreService:
 
         def finish(data: bytes):
             if "w" not in state:
-                start()
+                start(state.get("info"))
             if data:
                 flush(data)
             return self._finish_put(state["w"], state["info"], name, record=False, **{
@@ -786,8 +785,10 @@ class ObjectStoreService:
                 writing = None
             if "w" not in state and self.backend.all_local:     # all of it held here
                 info = await self.loop_reads.run(precheck)
-                obj, _listed = await self.steps.run(finish_steps(info, b"".join(parts)))
-                return obj
+                if self._quick(info):
+                    obj, _listed = await self.steps.run(finish_steps(info, b"".join(parts)))
+                    return obj
+                state["info"] = info        # checked already: the thread need not check again
             obj = await anyio.to_thread.run_sync(finish, b"".join(parts))
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -799,6 +800,15 @@ class ObjectStoreService:
             raise
         await self._listings.apply_async(self._listing_put(obj))
         return obj
+
+    @staticmethod
+    def _quick(info: ContainerInfo) -> bool:
+        """Whether a small write into this container is only file-system calls
+        for the step runner: no versions to copy or restore, no container
+        quota to check against the database (they would hold up the whole
+        batch; such writes take a worker thread)."""
+        return not any(info.sysmeta.get(k) is not None for k in (
+            "history_location", "versions_location", "quota_bytes", "quota_count"))
 
     def _finish_put(self, w, info: ContainerInfo, name: str, **kw) -> ObjectInfo:
         """record=False: the caller writes the listing row (put_object_async
@@ -963,8 +973,7 @@ class ObjectStoreService:
                 check()
             return self._delete_on_disk(account, container, name)
         info = await self.loop_reads.run(precheck) if self.backend.all_local else None
-        if info is not None and not (info.sysmeta.get("history_location")
-                                     or info.sysmeta.get("versions_location")):
+        if info is not None and self._quick(info):
             ts = now_timestamp()
 
             def tombstones():

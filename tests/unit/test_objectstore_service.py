@@ -227,6 +227,34 @@ def test_expiry_and_async_put_and_if_none_match(svc):
     assert svc.container_info(A, "c", cached=False).object_count == 0
 
 
+def test_small_async_writes_go_to_the_step_runner_unless_they_need_the_database(svc):
+    """A small PUT or DELETE is committed by the step runner with its listing
+    row; one into a container with versions or a quota takes a worker thread
+    (copies and counts from the database would hold up the runner's batch)."""
+    svc.create_container(A, "plain")
+    svc.create_container(A, "archive")
+    svc.create_container(A, "kept", sysmeta={"versions_location": "archive"})
+    svc.create_container(A, "capped", sysmeta={"quota_count": "5"})
+
+    async def one(body):
+        yield body
+
+    async def writes():
+        for c in ("plain", "kept", "capped"):
+            for body in (b"v1", b"v2"):
+                await svc.put_object_async(A, c, "o", one(body))
+            await svc.delete_object_async(A, c, "o")
+    asyncio.run(writes())
+    assert svc.steps.jobs == 3              # plain: two PUTs and the DELETE
+    assert svc.read_object(A, "kept", "o")[1] == b"v1"        # the DELETE restored v1
+    assert [e.name for e in svc.list_objects(A, "archive")] == []
+    for c in ("plain", "capped"):
+        with pytest.raises(NotFound):
+            svc.head_object(A, c, "o")
+        assert svc.container_info(A, c, cached=False).object_count == 0
+    assert svc.container_info(A, "kept", cached=False).object_count == 1
+
+
 def test_versions_location_stack_and_history(svc):
     svc.create_container(A, "archive")
     svc.create_container(A, "docs", sysmeta={"versions_location": "archive"})
