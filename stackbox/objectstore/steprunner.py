@@ -20,7 +20,7 @@ the whole batch. While the second thread waits for the disk, the first
 prepares the next batch.
 
 Only work that is quick is given to it (bodies held in memory, local
-devices, no versioned container); a step that blocked long would hold up
+devices, no versions or container quota); a step that blocked long would hold up
 every request of the batch. The checks before (container, quota, ACL) run
 on the event loop while caches answer them, else in a worker thread.
 
