@@ -42,6 +42,7 @@ from typing import NamedTuple
 
 import anyio
 
+from stackbox.common.handoff import settle_threadsafe
 from stackbox.objectstore.diskfile import run_steps
 from stackbox.objectstore.storage import together
 
@@ -174,21 +175,5 @@ class StepRunner:
 
 def _hand_back(batch: list, results: list) -> None:
     """Each job's result to its caller: one call per event loop."""
-    by_loop: dict = {}
-    for (_steps, fut, loop), result in zip(batch, results):
-        by_loop.setdefault(loop, []).append((fut, result))
-    for loop, done in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_deliver, done)
-        except RuntimeError:
-            pass        # that loop is closed: nobody is waiting
-
-
-def _deliver(done: list) -> None:
-    for fut, result in done:
-        if fut.cancelled():
-            continue
-        if isinstance(result, BaseException):
-            fut.set_exception(result)
-        else:
-            fut.set_result(result)
+    settle_threadsafe((loop, fut, result)
+                      for (_steps, fut, loop), result in zip(batch, results))
