@@ -534,3 +534,8 @@ def test_keys_with_url_characters_are_keys(s3, bucket):
     assert sorted(o["Key"] for o in listed) == sorted(keys)
     for key in keys:
         assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == key.encode()
+    # an error names the resource by its key, not its escaped form
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket=bucket, Key="missing?x=1")
+    assert err.value.response["Error"]["Code"] == "NoSuchKey"
+    assert err.value.response["Error"]["Resource"] == f"/{bucket}/missing?x=1"

@@ -129,12 +129,12 @@ class S3Api:
             response = await handler(request, ctx, verified, bucket, key)
         except ClientDisconnect:
             # the body stopped early: the store discarded the partial object
-            log.info("S3 %s %s: client went away mid-body", request.method, request.url.path)
+            log.info("S3 %s %s: client went away mid-body", request.method, scope["path"])
             return
         except Exception as exc:  # noqa: BLE001 - every error leaves as S3 XML
             err = to_s3_error(exc, bucket=bucket, key=key)
             if err.status >= 500:
-                log.error("S3 %s %s failed", request.method, request.url.path, exc_info=exc)
+                log.error("S3 %s %s failed", request.method, scope["path"], exc_info=exc)
             response = self.error_response(err, request, request_id)
             if not body_done[0] and _has_body(request):
                 # The client may still send (or, after Expect: 100-continue,
@@ -149,7 +149,7 @@ class S3Api:
             headers["Content-Range"] = f"bytes */{err.extra['ActualObjectSize']}"
         if request.method == "HEAD":
             return Response(status_code=err.status, headers=headers)
-        body = xml.error(err, resource=request.url.path, request_id=request_id)
+        body = xml.error(err, resource=request.scope["path"], request_id=request_id)
         return xml_response(body, err.status, headers)
 
     def locate(self, request: Request) -> tuple[str | None, str | None]:
