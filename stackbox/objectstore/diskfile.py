@@ -594,8 +594,8 @@ class Writer:
         return run_steps(self._install_steps(meta, ts, ext))
 
     def _install_steps(self, meta: dict, ts: str, ext: str, *, together: bool = False):
-        """_install in four steps, yielding between them: write,
-        fdatasync, rename, fsync of the directory. Several replicas' writers
+        """_install in four steps, yielding between them: write (and
+        mkdir), fdatasync, rename, fsync of the directory. Several replicas' writers
         advanced step by step in one thread (`together`, which also starts each
         file's writeback in the first step) share the journal's commits: the
         first fdatasync commits the transaction holding every replica's new
@@ -608,6 +608,17 @@ class Writer:
         if together and _sync_file_range is not None:
             _sync_file_range(self._fd, self._synced, self._written - self._synced,
                              SYNC_FILE_RANGE_WRITE)
+        # The object's directory is made now, not just before the rename: a
+        # mkdir is a journal update, and in the rename round it waited for
+        # the commit the fdatasyncs had just started (that round took
+        # 0.5-0.7 ms for a batch of four; 0.15-0.18 ms without the mkdir).
+        # A PUT that fails later leaves the directory empty, as Swift's does;
+        # readers and the replicator skip it.
+        # No fsync of each new parent (partition, suffix): ext4 and XFS journal
+        # metadata in order, so the fsync of the hash directory at the end
+        # commits these mkdirs too. Swift relies on the same; it saves a
+        # third fsync on every PUT of a new name (and its kernel CPU).
+        _mkdirs(self.datadir)
         yield
         # fdatasync: the data and what is needed to read it back (size,
         # blocks); a new file's timestamps are not worth a second flush
@@ -615,11 +626,6 @@ class Writer:
         os.close(self._fd)
         self._fd = -1
         yield
-        # No fsync of each new parent (partition, suffix): ext4 and XFS journal
-        # metadata in order, so the fsync of the hash directory below commits
-        # the mkdirs made before it too. Swift relies on the same; it saves a
-        # third fsync on every PUT of a new name (and its kernel CPU).
-        _mkdirs(self.datadir)
         mine = ts + ext
         try:
             # never replace: the same name is the same version (or a tie with
