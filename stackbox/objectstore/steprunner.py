@@ -67,7 +67,12 @@ class StepRunner:
         self._name = name
         self._queue: deque = deque()        # jobs not started
         self._started: deque = deque()      # jobs past their first step
-        self._wake = threading.Condition(threading.Lock())
+        # one lock, a condition per thread: a new job wakes only the first
+        # thread, a started one only the second (a shared condition woke
+        # both, and one of them just went back to sleep)
+        lock = threading.Lock()
+        self._new = threading.Condition(lock)
+        self._ready = threading.Condition(lock)
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._starting_done = False         # the first thread has ended (closed)
@@ -79,7 +84,7 @@ class StepRunner:
         (an Exception) is raised here."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        with self._wake:
+        with self._new:
             if self._closed:
                 raise RuntimeError("the step runner is closed")
             if not self._threads:
@@ -88,7 +93,7 @@ class StepRunner:
                     t.start()
                     self._threads.append(t)
             self._queue.append((steps, fut, loop))
-            self._wake.notify_all()
+            self._new.notify()
         # Like a worker thread's call, the steps run to their end even when
         # the caller is cancelled meanwhile: whatever it does next (an
         # abort, say) must not race them.
@@ -105,9 +110,9 @@ class StepRunner:
         raise cancelled
 
     def close(self) -> None:
-        with self._wake:
+        with self._new:
             self._closed = True
-            self._wake.notify_all()
+            self._new.notify_all()
         for t in self._threads:
             t.join(timeout=10)
 
@@ -115,12 +120,12 @@ class StepRunner:
         """The first step of each new job (open and write its files), while
         the other thread waits for the disk on the batch before."""
         while True:
-            with self._wake:
+            with self._new:
                 while not self._queue and not self._closed:
-                    self._wake.wait()
+                    self._new.wait()
                 if not self._queue:
                     self._starting_done = True
-                    self._wake.notify_all()
+                    self._ready.notify()
                     return
                 batch = [self._queue.popleft()
                          for _ in range(min(len(self._queue), MAX_BATCH))]
@@ -138,15 +143,16 @@ class StepRunner:
                 results = [r for _j, r in done]
                 self._list(results)
                 _hand_back([j for j, _r in done], results)
-            with self._wake:
-                self._started.extend(started)
-                self._wake.notify_all()
+            if started:
+                with self._ready:
+                    self._started.extend(started)
+                    self._ready.notify()
 
     def _loop(self) -> None:
         while True:
-            with self._wake:
+            with self._ready:
                 while not self._started and not self._starting_done:
-                    self._wake.wait()
+                    self._ready.wait()
                 if not self._started:
                     return
                 batch = [self._started.popleft()
