@@ -3,13 +3,16 @@
 
     .venv/bin/python bench/objectstore/run.py [--rounds 3] [--n 2000] [--warmup 500] [-c 16]
         [--large-n 3] [--large-mib 64] [--big-gib 5] [--replicas 1 3] [--no-peer]
+        [--fs xfs|host]
 
 Starts one stackbox per replica count (temporary data dirs, free loopback
 ports; default 1 and 3 replicas) and, unless --no-peer, the Swift 2.30 peer
 from ../shared/peers/swift (start.sh, tempauth; policy r1 = 1 replica, r3 = 3
 replicas) under its own base dir and ports. Like is compared with like:
 stackbox-r1 with swift-r1, stackbox-r3 with swift-r3. All are driven by the
-same client: one keep-alive http.client connection per thread. Rounds
+same client: one keep-alive http.client connection per thread. stackbox's
+devices are on an XFS image like the peer's (--fs; --fs host puts them on
+the host file system as before 2026-12-05, while Swift stayed on XFS). Rounds
 interleave the systems (the machine is shared); the table shows medians, and
 server CPU per request (from /proc), which moves much less with other load.
 
@@ -28,16 +31,15 @@ import hashlib
 import http.client
 import itertools
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Peer, Stackbox, cpu_seconds, disk_speed, load_average, pct,  # noqa: E402
+from common import (FS_CHOICES, FS_HELP, Peer, Stackbox, cpu_seconds,  # noqa: E402
+                    disk_speed, in_bench_dirs, load_average, pct,
                     ratios, read_into)
 
 
@@ -249,19 +251,26 @@ def main(argv=None) -> int:
     ap.add_argument("--big-gib", type=float, default=5.0)
     ap.add_argument("--replicas", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--fs", choices=FS_CHOICES, default="xfs", help=FS_HELP)
     a = ap.parse_args(argv)
 
-    root = Path(tempfile.mkdtemp(prefix="sbx-bench-os-"))
-    boxes = [Stackbox(root / f"stackbox-r{r}", r) for r in a.replicas]
+    return in_bench_dirs("sbx-bench-os-", a.fs, lambda root, data_root, fs_label:
+                         bench(a, root, data_root, fs_label))
+
+
+def bench(a, root: Path, data_root: Path, fs_label: str) -> int:
+    boxes = [Stackbox(data_root / f"stackbox-r{r}", r) for r in a.replicas]
     peer = None if a.no_peer else Peer(root / "peer")
     print(f"start {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {load_average()}",
           flush=True)
+    print(f"stackbox's devices: {fs_label}", flush=True)
     try:
-        disk = disk_speed(root)
-        print(f"disk (dd 1 GiB): write+fdatasync {disk['write_fdatasync_MBps']:.0f} MB/s, "
+        disk = disk_speed(root, creates_in=data_root)
+        print(f"disk (dd 1 GiB on the host file system): write+fdatasync "
+              f"{disk['write_fdatasync_MBps']:.0f} MB/s, "
               f"O_DIRECT read {disk['read_direct_MBps']:.0f} MB/s; durable 4 KiB creates at "
-              f"c=16 (temp, fdatasync, rename, fsync dir) {disk['durable_creates']:.0f}/s",
-              flush=True)
+              f"c=16 (temp, fdatasync, rename, fsync dir) where stackbox's devices are "
+              f"{disk['durable_creates']:.0f}/s", flush=True)
         targets = []
         for box in boxes:
             box.start()
@@ -296,8 +305,8 @@ def main(argv=None) -> int:
                 print(f"round {rnd + 1} {t.name:<11} {a.large_mib} MiB PUT {lg['PUT']:.0f} MB/s"
                       f" (cpu {lg['PUT_cpu']:.1f} ms/MiB) GET {lg['GET']:.0f} MB/s"
                       f" (cpu {lg['GET_cpu']:.1f} ms/MiB)", flush=True)
-        disk_end = disk_speed(root)
-        print(f"disk again (dd 1 GiB): write+fdatasync {disk_end['write_fdatasync_MBps']:.0f} "
+        disk_end = disk_speed(root, creates_in=data_root)
+        print(f"disk again (dd 1 GiB on the host file system): write+fdatasync {disk_end['write_fdatasync_MBps']:.0f} "
               f"MB/s, O_DIRECT read {disk_end['read_direct_MBps']:.0f} MB/s; durable creates "
               f"{disk_end['durable_creates']:.0f}/s")
         report(results, a, [disk, disk_end])
@@ -313,7 +322,6 @@ def main(argv=None) -> int:
             box.stop()
         if peer:
             peer.stop()
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

@@ -3,14 +3,15 @@
 
     .venv/bin/python bench/objectstore/s3.py [--rounds 3] [--n 2000] [--warmup 500] [-c 16]
         [--size 4096] [--replicas 1 3] [--large-n 2] [--large-mib 64] [--no-peer]
-        [--client signed-http|boto3]
+        [--client signed-http|boto3] [--fs xfs|host]
 
 Starts one stackbox per replica count (temporary data dirs, free loopback
 ports) with EC2 credentials made through the identity API, and, unless
 --no-peer, the Swift 2.30 peer from ../shared/peers/swift (start.sh; s3api
 with tempauth's test:tester/testing). S3 cannot choose a storage policy, so
 the peer's 3-replica buckets are made as Swift containers in policy r3 first;
-its default policy (r1) has 1 replica. Like is compared with like:
+its default policy (r1) has 1 replica. stackbox's devices are on an XFS
+image like the peer's (--fs, as in run.py). Like is compared with like:
 stackbox-r1 with swift-r1, stackbox-r3 with swift-r3. All are driven by the
 same client, 16 threads in one process: by default (--client signed-http) a
 keep-alive http.client connection per thread sending requests signed by
@@ -28,17 +29,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Peer, Stackbox, cpu_seconds, load_average, pct, ratios,  # noqa: E402
-                    read_into)
+from common import (FS_CHOICES, FS_HELP, Peer, Stackbox, cpu_seconds,  # noqa: E402
+                    in_bench_dirs, load_average, pct, ratios, read_into)
 
 CLIENT = "signed-http"      # or "boto3" (--client)
 
@@ -249,16 +248,22 @@ def main(argv=None) -> int:
     ap.add_argument("--client", choices=("signed-http", "boto3"), default="signed-http",
                     help="signed-http: http.client + botocore's SigV4 signer (default); "
                          "boto3: a boto3 client per thread")
+    ap.add_argument("--fs", choices=FS_CHOICES, default="xfs", help=FS_HELP)
     a = ap.parse_args(argv)
     global CLIENT
     CLIENT = a.client
 
-    root = Path(tempfile.mkdtemp(prefix="sbx-bench-s3-"))
-    boxes = [Stackbox(root / f"stackbox-r{r}", r) for r in a.replicas]
+    return in_bench_dirs("sbx-bench-s3-", a.fs, lambda root, data_root, fs_label:
+                         bench(a, root, data_root, fs_label))
+
+
+def bench(a, root: Path, data_root: Path, fs_label: str) -> int:
+    boxes = [Stackbox(data_root / f"stackbox-r{r}", r) for r in a.replicas]
     peer = None if a.no_peer else Peer(root / "peer")
     targets: list[Target] = []
     print(f"start {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {load_average()}",
           flush=True)
+    print(f"stackbox's devices: {fs_label}", flush=True)
     try:
         for box in boxes:
             box.start()
@@ -306,7 +311,6 @@ def main(argv=None) -> int:
             box.stop()
         if peer:
             peer.stop()
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
