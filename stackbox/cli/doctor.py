@@ -435,6 +435,54 @@ def check_xattr(settings) -> Result:
     return Result(OK, f"user xattrs on {where}; largest single value: {label}")
 
 
+def mount_of(path: str, mountinfo: str) -> tuple[str, str, str] | None:
+    """(mount point, file system type, major:minor) of the mount that holds
+    the absolute `path`, from /proc/self/mountinfo's text: the longest mount
+    point above it, the later line when one is mounted over another."""
+    best = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " not in line or len(fields) < 5:
+            continue
+        majmin, point = fields[2], fields[4].replace("\\040", " ")
+        fstype = line.split(" - ", 1)[1].split()[0]
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fstype, majmin)
+    return best
+
+
+def ext4_has_journal(majmin: str, *, jbd2: Path = Path("/proc/fs/jbd2"),
+                     sys_block: Path = Path("/sys/dev/block")) -> bool:
+    """Whether the ext4 on block device `majmin` (e.g. "254:0") has a journal:
+    jbd2 lists every journal it runs as <device>-8."""
+    name = (sys_block / majmin).resolve().name
+    return (jbd2 / f"{name}-8").is_dir()
+
+
+@check("object store file system")
+def check_object_fs(settings) -> Result:
+    where = existing_ancestor(Path(settings.data_dir) / "objects").resolve()
+    try:
+        found = mount_of(str(where), Path("/proc/self/mountinfo").read_text())
+    except OSError as exc:
+        return Result(WARN, f"cannot tell the file system of {where} ({exc.strerror})",
+                      "small-object writes may be slow on some file systems",
+                      "put data_dir on XFS or on ext4 with a journal")
+    if found is None:
+        return Result(OK, f"{where}: no mount found above it")
+    point, fstype, majmin = found
+    if fstype == "ext4" and not ext4_has_journal(majmin):
+        return Result(WARN, f"{where} is on ext4 without a journal (mounted on {point})",
+                      "the kernel scans the inodes deleted in the last minutes for "
+                      "every new file: on the benchmark machine a create took 230-810 us "
+                      "after many deletes (20 us on XFS), and a small object PUT 0.45 ms "
+                      "more kernel CPU",
+                      "put data_dir on XFS, or add a journal: tune2fs -O has_journal "
+                      "<device> (while unmounted)")
+    return Result(OK, f"{where} is on {fstype} (mounted on {point})")
+
+
 @check("clock")
 def check_clock(settings) -> Result:
     fix = "apt-get install systemd-timesyncd && timedatectl set-ntp true"

@@ -59,7 +59,7 @@ def test_builtin_checks_registered():
     names = [c.name for c in doctor.CHECKS]
     for expected in ("python", "privileges", "/dev/net/tun", "bridge", "netns", "nftables",
                      "qemu-system-x86_64", "qemu-img", "kvm", "dnsmasq", "haproxy", "ports",
-                     "disk", "data dir", "xattr", "clock"):
+                     "disk", "data dir", "xattr", "object store file system", "clock"):
         assert expected in names
     assert len(names) == len(set(names))
 
@@ -193,3 +193,33 @@ def test_real_doctor_without_qemu_img_in_path(tmp_path, monkeypatch):
         tables = doctor.hostops.run(["nft", "list", "tables"], timeout=10).stdout
         assert f"sbx_doctor_{os.getpid()}".encode() not in tables
     assert [p.name for p in tmp_path.iterdir()] == ["bin"]  # data dir not created
+
+
+MOUNTINFO = """\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
+30 22 0:25 / /tmp rw,nosuid shared:5 - tmpfs tmpfs rw
+31 22 7:0 / /srv/my\\040disk rw,noatime shared:9 - xfs /dev/loop0 rw
+32 30 0:40 / /tmp/over rw - tmpfs first rw
+33 30 254:0 /x /tmp/over rw - ext4 /dev/vda rw
+"""
+
+
+def test_mount_of_takes_the_deepest_and_the_last_mount():
+    assert doctor.mount_of("/var/lib/stackbox", MOUNTINFO) == ("/", "ext4", "254:0")
+    assert doctor.mount_of("/tmp", MOUNTINFO) == ("/tmp", "tmpfs", "0:25")
+    assert doctor.mount_of("/tmpfoo/x", MOUNTINFO) == ("/", "ext4", "254:0")
+    assert doctor.mount_of("/srv/my disk/d1", MOUNTINFO) == ("/srv/my disk", "xfs", "7:0")
+    assert doctor.mount_of("/tmp/over/a", MOUNTINFO) == ("/tmp/over", "ext4", "254:0")
+    assert doctor.mount_of("relative", MOUNTINFO) is None
+
+
+def test_ext4_journal_is_told_by_jbd2(tmp_path):
+    sys_block, jbd2 = tmp_path / "sys", tmp_path / "jbd2"
+    (tmp_path / "devices" / "vda").mkdir(parents=True)
+    (tmp_path / "devices" / "vdb").mkdir(parents=True)
+    sys_block.mkdir()
+    (sys_block / "254:0").symlink_to(tmp_path / "devices" / "vda")
+    (sys_block / "254:16").symlink_to(tmp_path / "devices" / "vdb")
+    (jbd2 / "vdb-8").mkdir(parents=True)
+    assert doctor.ext4_has_journal("254:16", jbd2=jbd2, sys_block=sys_block)
+    assert not doctor.ext4_has_journal("254:0", jbd2=jbd2, sys_block=sys_block)
