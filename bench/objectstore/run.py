@@ -306,7 +306,8 @@ def bench(a, root: Path, data_root: Path, fs_label: str) -> int:
                       f" (cpu {lg['PUT_cpu']:.1f} ms/MiB) GET {lg['GET']:.0f} MB/s"
                       f" (cpu {lg['GET_cpu']:.1f} ms/MiB)", flush=True)
         disk_end = disk_speed(root, creates_in=data_root)
-        print(f"disk again (dd 1 GiB on the host file system): write+fdatasync {disk_end['write_fdatasync_MBps']:.0f} "
+        print(f"disk again (dd 1 GiB on the host file system): write+fdatasync "
+              f"{disk_end['write_fdatasync_MBps']:.0f} "
               f"MB/s, O_DIRECT read {disk_end['read_direct_MBps']:.0f} MB/s; durable creates "
               f"{disk_end['durable_creates']:.0f}/s")
         report(results, a, [disk, disk_end])
