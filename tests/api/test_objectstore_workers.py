@@ -38,6 +38,15 @@ def store(tmp_path_factory):
         cloud.stop()
 
 
+def accepting(log_text: str) -> bool:
+    """The log's last worker life has reached its accept loop: its last
+    "accepting connections" line comes after its last start and its last
+    stop. (Counting lines was wrong after a SIGKILL: the killed worker
+    never logged "stopped", so the count said ready before the new one was.)"""
+    ready = log_text.rfind("accepting connections on shared port")
+    return ready > log_text.rfind("object-store worker ")   # its "serving port" or "stopped"
+
+
 def wait_for_workers(store, timeout=30) -> None:
     """`up` returns when the stackbox process answers; its workers start
     beside it a moment later."""
@@ -45,8 +54,7 @@ def wait_for_workers(store, timeout=30) -> None:
     logs = [store.data_dir / "log" / f"object-worker-{i}.log" for i in (1, 2)]
     while time.monotonic() < deadline:
         pids = worker_pids(store)
-        if len(pids) == 2 and all(p.exists() and p.read_text().count("serving port")
-                                  >= p.read_text().count("stopped") + 1 for p in logs):
+        if len(pids) == 2 and all(p.exists() and accepting(p.read_text()) for p in logs):
             return
         time.sleep(0.2)
     raise AssertionError("the object-store workers did not start")

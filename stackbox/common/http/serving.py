@@ -70,6 +70,7 @@ class Server(uvicorn.Server):
             accepter = SharedAccept(sock, loop, protocol, self.shares)
             accepter.start()
             self._accepters.append(accepter)
+            log.info("accepting connections on shared port %d", sock.getsockname()[1])
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for accepter in self._accepters:
