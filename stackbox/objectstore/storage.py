@@ -315,9 +315,10 @@ class ReplicatedWriter:
                 self._failure = exc.strerror or str(exc)
                 w.abort()
                 return False
-        if len(chunk) >= PARALLEL_WRITE and len(self._writers) > 1:
-            # big chunks: copy into the page cache of each replica at once
-            # (write() and md5 release the GIL), this thread hashing first
+        if len(chunk) >= PARALLEL_WRITE:
+            # big chunks: copy into the page cache of each replica in the
+            # pool while this thread hashes (write() and md5 release the
+            # GIL); with one replica too, as the copy can cost more than md5
             futures = [self._backend._pool.submit(one, w) for w in self._writers]
             self._md5.update(chunk)
             ok = [f.result() for f in futures]

@@ -22,14 +22,29 @@ from stackbox.objectstore.service import Listing, ObjectEntry, Subdir
 A = "AUTH_p1"
 
 
-@pytest.fixture
-def svc(tmp_path):
+def _service(tmp_path, replicas=3):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrate(url)
     db = Database(url)
     settings = SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
-        replicas=3, devices=3, part_power=6))
+        replicas=replicas, devices=3, part_power=6))
     s = build_service(db, settings)
+    return s, db
+
+
+@pytest.fixture
+def svc(tmp_path):
+    s, db = _service(tmp_path)
+    yield s
+    s.backend.close()
+    db.dispose()
+
+
+@pytest.fixture
+def svc1(tmp_path):
+    """One replica: big chunks go to the disk in a pool thread while the
+    request's thread computes the md5 (storage.ReplicatedWriter.write)."""
+    s, db = _service(tmp_path, replicas=1)
     yield s
     s.backend.close()
     db.dispose()
@@ -426,6 +441,33 @@ def test_large_async_put_is_pipelined_and_counts_overwrites(svc, tmp_path):
     svc.delete_object(A, "c", "big")
     c = svc.container_info(A, "c", cached=False)
     assert (c.object_count, c.bytes_used) == (0, 0)
+
+
+def test_one_replica_large_put_writes_and_hashes_big_chunks_side_by_side(svc1, tmp_path,
+                                                                       monkeypatch):
+    svc1.create_container(A, "c")
+    parts = [os.urandom(1 << 20) for _ in range(3)] + [b"tail"]
+    info = svc1.put_object(A, "c", "big", iter(parts))
+    whole = b"".join(parts)
+    assert info.size == len(whole) and info.etag == hashlib.md5(whole).hexdigest()
+    with svc1.open_object(A, "c", "big") as o:
+        assert o.read() == whole
+    assert len(_files(tmp_path / "objects")) == 1
+
+    # the only replica failing a big write: 507, and no temp file left
+    real_write = os.write
+
+    def full(fd, data):
+        if len(data) >= 1 << 20:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(InsufficientStorage):
+        svc1.put_object(A, "c", "full", iter(parts))
+    monkeypatch.undo()
+    assert _files(tmp_path / "objects", ".tmp") == []
+    with pytest.raises(NotFound):
+        svc1.head_object(A, "c", "full")
 
 
 def test_large_async_put_failing_mid_stream_leaves_nothing(svc, tmp_path):
