@@ -58,6 +58,50 @@ def load_average() -> str:
         return " ".join(f.read().split()[:3])
 
 
+def _busy_and_total() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)         # idle and iowait are not busy
+
+
+def _disk_sectors_written() -> int:
+    """Sectors written to the machine's real disks (not loop, ram or zram
+    devices: what goes through a loop device reaches a real disk too)."""
+    total = 0
+    with open("/proc/diskstats") as f:
+        for line in f:
+            fields = line.split()
+            if os.path.exists(f"/sys/block/{fields[2]}/device") and \
+                    not fields[2].startswith(("loop", "ram", "zram")):
+                total += int(fields[9])
+    return total
+
+
+def settle(max_wait: float = 30.0, busy_below: float = 0.15, writes_below: float = 2e6,
+           window: float = 1.0) -> str:
+    """Flush dirty pages (sync) and wait until the machine is quiet: less
+    than `busy_below` of its CPU time busy and less than `writes_below`
+    bytes/s written to its disks over `window` seconds, for at most
+    `max_wait` seconds. Each measured phase then starts without the previous
+    one's leftovers (dirty data, writeback, a server's deferred work), which
+    would fall on whichever system runs next. (It did not explain why
+    stackbox-r1's first-round small PUTs, the first phase after the warm-up,
+    were its lowest of three rounds in all eight runs of 2026-12-05: the
+    first runs with it showed the same.) Returns a note for the log."""
+    t0 = time.monotonic()
+    os.sync()
+    while True:
+        (b0, t_0), w0 = _busy_and_total(), _disk_sectors_written()
+        time.sleep(window)
+        (b1, t_1), w1 = _busy_and_total(), _disk_sectors_written()
+        busy = (b1 - b0) / max(t_1 - t_0, 1)
+        written = (w1 - w0) * 512 / window
+        if (busy < busy_below and written < writes_below) or \
+                time.monotonic() - t0 >= max_wait:
+            return (f"settled {time.monotonic() - t0:.1f} s, CPU {busy:.0%} busy, "
+                    f"disk writes {written / 1e6:.1f} MB/s")
+
+
 def cpu_seconds(pgids: set[int]) -> float:
     """utime+stime of every process in the given process groups."""
     total = 0.0
@@ -309,19 +353,15 @@ def durable_creates(directory: Path, n: int = 3000, conc: int = 16, size: int = 
     return rate
 
 
-def disk_speed(directory: Path, *, creates_in: Path | None = None) -> dict:
-    """The disk under `directory`, as the peer's baseline.sh measures it: dd
-    of 1 GiB of random data (from /dev/shm) with conv=fdatasync, then the
-    same file read back with iflag=direct; and durable_creates in
-    `creates_in` (default `directory`): where the object store's files go.
-    dd stays on the host file system, the disk the goals name: through the
-    XFS image's loop device (direct I/O) the same dd wrote 1.8 GB/s
-    (495 MB/s on the host file system), which is the loop's path, not the disk."""
+def dd_speed(directory: Path, mib: int = 1024) -> tuple[float, float]:
+    """(write MB/s, read MB/s) of the disk under `directory`, as the peer's
+    baseline.sh measures it: dd of `mib` MiB of random data (from /dev/shm)
+    with conv=fdatasync, then the same file read back with iflag=direct."""
     shm = Path("/dev/shm") if Path("/dev/shm").is_dir() else directory
     src, f = shm / f"sbx-bench-rand-{os.getpid()}", directory / "dd-test"
     try:
         with open(src, "wb") as w:
-            for _ in range(16):
+            for _ in range(mib // 64):
                 w.write(os.urandom(64 << 20))
 
         def dd(*args) -> float:
@@ -329,10 +369,21 @@ def disk_speed(directory: Path, *, creates_in: Path | None = None) -> dict:
                                  check=True).stderr.strip().splitlines()[-1]
             # "1073741824 bytes (1.1 GB, 1.0 GiB) copied, 2.6 s, 411 MB/s"
             return int(out.split()[0]) / 1e6 / float(out.split(", ")[-2].split()[0])
-        write = dd(f"if={src}", f"of={f}", "bs=1M", "count=1024", "conv=fdatasync")
+        write = dd(f"if={src}", f"of={f}", "bs=1M", f"count={mib // 64 * 64}",
+                   "conv=fdatasync")
         read = dd(f"if={f}", "of=/dev/null", "bs=1M", "iflag=direct")
-        return {"write_fdatasync_MBps": write, "read_direct_MBps": read,
-                "durable_creates": durable_creates(creates_in or directory)}
+        return write, read
     finally:
         for p in (src, f):
             p.unlink(missing_ok=True)
+
+
+def disk_speed(directory: Path, *, creates_in: Path | None = None) -> dict:
+    """The disk under `directory`: dd_speed of 1 GiB, and durable_creates in
+    `creates_in` (default `directory`): where the object store's files go.
+    dd stays on the host file system, the disk the goals name: through the
+    XFS image's loop device (direct I/O) the same dd wrote 1.8 GB/s
+    (495 MB/s on the host file system), which is the loop's path, not the disk."""
+    write, read = dd_speed(directory, 1024)
+    return {"write_fdatasync_MBps": write, "read_direct_MBps": read,
+            "durable_creates": durable_creates(creates_in or directory)}

@@ -13,14 +13,19 @@ stackbox-r1 with swift-r1, stackbox-r3 with swift-r3. All are driven by the
 same client: one keep-alive http.client connection per thread. stackbox's
 devices are on an XFS image like the peer's (--fs; --fs host puts them on
 the host file system as before 2026-12-05, while Swift stayed on XFS). Rounds
-interleave the systems (the machine is shared); the table shows medians, and
+interleave the systems (the machine is shared), each phase starting on a quiet
+machine (common.settle: sync, then CPU under 15% busy and disk writes under 2 MB/s
+for 1 s, at most 30 s);
+the table shows medians, and
 server CPU per request (from /proc), which moves much less with other load.
 
 Phases: 4 KiB PUT/GET/DELETE at concurrency c (ops/s, p50/p99 ms, server CPU
 ms/op); 64 MiB PUT/GET one stream (MB/s, the GET compared byte for byte with
 what was sent); the disk's own
 speed in the same run (dd 1 GiB write + fdatasync, O_DIRECT read, as the
-peer's baseline.sh); and the RSS of the 1-replica stackbox sampled while one
+peer's baseline.sh, at the start and the end, and again in each round
+just before its large objects, which are also compared with that round's
+figures); and the RSS of the 1-replica stackbox sampled while one
 --big-gib object streams in and out (it must stay flat). Loopback only.
 """
 
@@ -39,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (FS_CHOICES, FS_HELP, Peer, Stackbox, cpu_seconds,  # noqa: E402
-                    disk_speed, in_bench_dirs, load_average, pct,
+                    dd_speed, disk_speed, in_bench_dirs, settle, load_average, pct,
                     ratios, read_into)
 
 
@@ -282,6 +287,7 @@ def bench(a, root: Path, data_root: Path, fs_label: str) -> int:
                                pgids=peer.pgids, headers={"X-Storage-Policy": p})
                         for p in ("r1", "r3")]
         results = {t.name: {"small": [], "large": []} for t in targets}
+        round_disks: list[tuple[float, float]] = []
         # An untimed warm-up of every target first: the first round used to
         # catch the servers just started (Swift's daemons' first passes, lazy
         # imports, empty caches and partition directories) and, as stackbox
@@ -293,24 +299,32 @@ def bench(a, root: Path, data_root: Path, fs_label: str) -> int:
             order = targets if rnd % 2 == 0 else list(reversed(targets))
             print(f"round {rnd + 1}: load average {load_average()}", flush=True)
             for t in order:
+                quiet = settle()
                 s = small(t, a.n, a.c, a.size)
                 results[t.name]["small"].append(s)
                 print(f"round {rnd + 1} {t.name:<11} small " + "  ".join(
                     f"{k} {v['ops']:.0f}/s p50 {v['p50']:.1f} p99 {v['p99']:.1f} "
-                    f"cpu {v['cpu_ms']:.2f} err {v['errors']}" for k, v in s.items()),
-                    flush=True)
+                    f"cpu {v['cpu_ms']:.2f} err {v['errors']}" for k, v in s.items()) +
+                    f"  [{quiet}]", flush=True)
+            # the disk again next to the large objects it is compared with
+            # (its speed moved by up to 1.8x between runs, and within one)
+            round_disks.append(dd_speed(root, ROUND_DD_MIB))
+            print(f"round {rnd + 1} disk (dd {ROUND_DD_MIB} MiB on the host file system): "
+                  f"write+fdatasync {round_disks[-1][0]:.0f} MB/s, O_DIRECT read "
+                  f"{round_disks[-1][1]:.0f} MB/s", flush=True)
             for t in order:
+                quiet = settle()
                 lg = large(t, a.large_n, a.large_mib)
                 results[t.name]["large"].append(lg)
                 print(f"round {rnd + 1} {t.name:<11} {a.large_mib} MiB PUT {lg['PUT']:.0f} MB/s"
                       f" (cpu {lg['PUT_cpu']:.1f} ms/MiB) GET {lg['GET']:.0f} MB/s"
-                      f" (cpu {lg['GET_cpu']:.1f} ms/MiB)", flush=True)
+                      f" (cpu {lg['GET_cpu']:.1f} ms/MiB)  [{quiet}]", flush=True)
         disk_end = disk_speed(root, creates_in=data_root)
         print(f"disk again (dd 1 GiB on the host file system): write+fdatasync "
               f"{disk_end['write_fdatasync_MBps']:.0f} "
               f"MB/s, O_DIRECT read {disk_end['read_direct_MBps']:.0f} MB/s; durable creates "
               f"{disk_end['durable_creates']:.0f}/s")
-        report(results, a, [disk, disk_end])
+        report(results, a, [disk, disk_end], round_disks)
         if a.big_gib > 0:
             b = big_stream(targets[0], a.big_gib)
             print(f"\n{targets[0].name} streaming one {b['gib']:g} GiB object: RSS before "
@@ -326,7 +340,11 @@ def bench(a, root: Path, data_root: Path, fs_label: str) -> int:
     return 0
 
 
-def report(results: dict, a, disks: list[dict]) -> None:
+ROUND_DD_MIB = 1024     # the disk measured in each round, beside its large objects (256 MiB fit in a cache: 1.4-1.5 GB/s)
+
+
+def report(results: dict, a, disks: list[dict], round_disks: list[tuple[float, float]]
+           ) -> None:
     print(f"\nmedians over {a.rounds} rounds; {a.size} B objects, n={a.n}, c={a.c} "
           f"(cpu: server CPU ms per request)")
     print(f"{'system':<11} {'PUT/s':>6} {'p50':>6} {'p99':>6} {'cpu':>5} {'GET/s':>6} {'p50':>6} "
@@ -362,6 +380,13 @@ def report(results: dict, a, disks: list[dict]) -> None:
                   f"GET {row['LGET'] / rd:.2f}x" +
                   (" (3 replicas write 3x the bytes to this one disk)"
                    if name != "stackbox-r1" else ""))
+    for name, r in results.items():
+        if name.startswith("stackbox") and round_disks:
+            put = [lg["PUT"] / d[0] for lg, d in zip(r["large"], round_disks)]
+            get = [lg["GET"] / d[1] for lg, d in zip(r["large"], round_disks)]
+            print(f"{name} vs the disk measured in the same round: {a.large_mib} MiB PUT "
+                  f"{statistics.median(put):.2f}x ({min(put):.2f}-{max(put):.2f}), GET "
+                  f"{statistics.median(get):.2f}x ({min(get):.2f}-{max(get):.2f})")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ keep-alive http.client connection per thread sending requests signed by
 botocore's SigV4 signer (payload sha256 included), because boto3 itself
 costs 1-2 ms of CPU per request and would measure the client; with --client
 boto3, one boto3 client per thread, path-style, the CRC32 checksum turned off
-as in the peer's own bench client. Rounds interleave the systems (the machine
+as in the peer's own bench client. Each phase starts on a quiet machine
+(common.settle: sync, then CPU under 15% busy and disk writes under 2 MB/s
+for 1 s, at most 30 s).
+Rounds interleave the systems (the machine
 is shared) and the table shows medians, with server CPU per request from
 /proc. Large objects are compared byte for byte with what was sent.
 Loopback only.
@@ -37,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (FS_CHOICES, FS_HELP, Peer, Stackbox, cpu_seconds,  # noqa: E402
-                    in_bench_dirs, load_average, pct, ratios, read_into)
+                    in_bench_dirs, load_average, pct, ratios, read_into, settle)
 
 CLIENT = "signed-http"      # or "boto3" (--client)
 
@@ -292,18 +295,19 @@ def bench(a, root: Path, data_root: Path, fs_label: str) -> int:
             order = targets if rnd % 2 == 0 else list(reversed(targets))
             print(f"round {rnd + 1}: load average {load_average()}", flush=True)
             for t in order:
+                quiet = settle()
                 s = small(t, a.n, a.c, a.size)
                 results[t.name].append(s)
                 print(f"round {rnd + 1} {t.name:<11} " + "  ".join(
                     f"{k} {v['ops']:.0f}/s p50 {v['p50']:.1f} p99 {v['p99']:.1f} "
                     f"cpu {v['cpu_ms']:.2f} ms client {v['client_ms']:.2f} ms err {v['errors']}"
-                    for k, v in s.items()),
-                    flush=True)
+                    for k, v in s.items()) + f"  [{quiet}]", flush=True)
             for t in (order if a.large_n else ()):
+                quiet = settle()
                 lg = large(t, a.large_n, a.large_mib)
                 larges[t.name].append(lg)
                 print(f"round {rnd + 1} {t.name:<11} {a.large_mib} MiB PUT {lg['PUT']:.0f} MB/s "
-                      f"GET {lg['GET']:.0f} MB/s", flush=True)
+                      f"GET {lg['GET']:.0f} MB/s  [{quiet}]", flush=True)
         report(results, larges, a)
         print(f"end {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {load_average()}")
     finally:
