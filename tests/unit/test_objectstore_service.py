@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import threading
 import time
 from types import SimpleNamespace
 
@@ -447,16 +448,25 @@ def test_one_replica_large_put_writes_and_hashes_big_chunks_side_by_side(svc1, t
                                                                        monkeypatch):
     svc1.create_container(A, "c")
     parts = [os.urandom(1 << 20) for _ in range(3)] + [b"tail"]
+    real_write = os.write
+    writers = set()
+
+    def watched(fd, data):
+        if len(data) >= 1 << 20:
+            writers.add(threading.get_ident())
+        return real_write(fd, data)
+    monkeypatch.setattr(os, "write", watched)
     info = svc1.put_object(A, "c", "big", iter(parts))
+    monkeypatch.undo()
     whole = b"".join(parts)
     assert info.size == len(whole) and info.etag == hashlib.md5(whole).hexdigest()
     with svc1.open_object(A, "c", "big") as o:
         assert o.read() == whole
     assert len(_files(tmp_path / "objects")) == 1
+    # the big chunks went to the disk in the pool, not in the hashing thread
+    assert writers and threading.get_ident() not in writers
 
     # the only replica failing a big write: 507, and no temp file left
-    real_write = os.write
-
     def full(fd, data):
         if len(data) >= 1 << 20:
             raise OSError(28, "No space left on device")
