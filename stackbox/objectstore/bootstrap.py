@@ -57,4 +57,5 @@ def build_service(db: Database, settings, *, generation=None) -> ObjectStoreServ
                        part_power=cfg.part_power)
     backend = ObjectBackend(ring, str(devices_root(settings.data_dir)),
                             chunk_size=1024 * 1024)
-    return ObjectStoreService(db, backend, generation=generation)
+    return ObjectStoreService(db, backend, generation=generation,
+                              io_uring=getattr(cfg, "io_uring", True))

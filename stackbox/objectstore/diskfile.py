@@ -594,8 +594,9 @@ class Writer:
         return run_steps(self._install_steps(meta, ts, ext))
 
     def _install_steps(self, meta: dict, ts: str, ext: str, *, together: bool = False):
-        """_install in four steps, yielding between them: write (and
-        mkdir), fdatasync, rename, fsync of the directory. Several replicas' writers
+        """_install as steps: write (and mkdir), then yield for the fdatasync
+        of the file (a Flush); rename, then yield for the fsync of its
+        directory; then remove what it superseded. Several replicas' writers
         advanced step by step in one thread (`together`, which also starts each
         file's writeback in the first step) share the journal's commits: the
         first fdatasync commits the transaction holding every replica's new
@@ -621,13 +622,11 @@ class Writer:
         # commits these mkdirs too. Swift relies on the same; it saves a
         # third fsync on every PUT of a new name (and its kernel CPU).
         _mkdirs(self.datadir)
-        yield
         # fdatasync: the data and what is needed to read it back (size,
         # blocks); a new file's timestamps are not worth a second flush
-        os.fdatasync(self._fd)
+        yield from ask(Flush(self._fd, data_only=True))
         os.close(self._fd)
         self._fd = -1
-        yield
         mine = ts + ext
         try:
             # never replace: the same name is the same version (or a tie with
@@ -648,8 +647,11 @@ class Writer:
                 _unlink_quietly(os.path.join(self.datadir, mine))
                 raise OlderTimestamp(f"a newer or equal version exists: {name}",
                                      timestamp=ts, existing=name.rsplit(".", 1)[0])
-        yield
-        fsutil.fsync_dir(self.datadir)
+        dir_fd = os.open(self.datadir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield from ask(Flush(dir_fd, data_only=False))
+        finally:
+            os.close(dir_fd)
         # Keep only the newest file: older data is superseded, not history.
         for _ticks_, _rank, name in files[1:]:
             _unlink_quietly(os.path.join(self.datadir, name))
@@ -672,13 +674,51 @@ class Writer:
         self.abort()
 
 
+class Flush(NamedTuple):
+    """A flush a step generator asks for instead of making it: it yields a
+    tuple of them (an empty tuple: just a step boundary) and receives a list
+    as long, each None or the OSError that flush raised. So whoever runs the
+    steps decides how: one after the other in its thread (run_steps: the
+    first flush commits the journal for the rest), or all at once through
+    io_uring (stackbox.objectstore.uring). The fd stays the generator's."""
+    fd: int
+    data_only: bool         # fdatasync, else fsync
+
+
+def flush_all(flushes) -> list:
+    """Flushes made here, one after the other: each None or its OSError."""
+    out: list = []
+    for f in flushes:
+        try:
+            (os.fdatasync if f.data_only else os.fsync)(f.fd)
+            out.append(None)
+        except OSError as exc:
+            out.append(exc)
+    return out
+
+
+def ask(*flushes: Flush):
+    """Within a step generator: `yield from ask(...)` yields the flushes and
+    raises the first error among their answers. Driven by a bare next()
+    (no answers), it flushes them itself: a flush is never skipped."""
+    answers = yield flushes
+    if answers is None:
+        answers = flush_all(flushes)
+    for a in answers:
+        if a is not None:
+            raise a
+
+
 def run_steps(steps):
-    """Run a step generator to its end; its return value."""
+    """Run a step generator to its end, its flushes in this thread; its
+    return value."""
+    answers = None
     while True:
         try:
-            next(steps)
+            asked = steps.send(answers)
         except StopIteration as done:
             return done.value
+        answers = flush_all(asked or ())
 
 
 def _unlink_quietly(path: str) -> None:

@@ -61,7 +61,8 @@ from stackbox.objectstore.diskfile import normalize_timestamp, run_steps
 from stackbox.objectstore.errors import (EntityTooLarge, OlderTimestamp, PreconditionFailed,
                                          Quarantined, Unprocessable)
 from stackbox.objectstore.loopreads import LoopReads, must_not_block
-from stackbox.objectstore.steprunner import Listed, StepRunner
+from stackbox.objectstore.steprunner import Listed
+from stackbox.objectstore.uring import step_runner
 from stackbox.objectstore.listings import ListingWriter, Put, Remove
 from stackbox.objectstore.models import Account, Container, Object
 from stackbox.objectstore.storage import ObjectBackend
@@ -333,7 +334,8 @@ class OpenObject:
 class ObjectStoreService:
     def __init__(self, db: Database, backend: ObjectBackend, *,
                  operator_roles: tuple[str, ...] = OPERATOR_ROLES,
-                 reseller_roles: tuple[str, ...] = RESELLER_ROLES, generation=None):
+                 reseller_roles: tuple[str, ...] = RESELLER_ROLES, generation=None,
+                 io_uring: bool = True):
         self.db = db
         # bumped on every container or account metadata change, so caches in
         # the other processes serving this store drop what they hold
@@ -344,7 +346,7 @@ class ObjectStoreService:
         self._containers: dict[tuple[str, str], tuple[float, int, ContainerInfo]] = {}
         self._cache_lock = threading.Lock()
         self._listings = ListingWriter(db.engine)
-        self.steps = StepRunner(self._listings)
+        self.steps = step_runner(self._listings, io_uring=io_uring)
         self.loop_reads = LoopReads()         # small GETs on the event loop while cached
         self._accounts: dict[str, tuple[float, int, int | None]] = {}
 

@@ -1,5 +1,8 @@
 """Small PUTs and DELETEs of one process committed together, in batches.
 
+Where io_uring works, uring.UringRunner runs the same steps on the event
+loop instead (faster, see there); this runner is the fallback.
+
 A small PUT's disk work is a handful of short system calls and two waits
 for the disk: fdatasync of the file, fsync of its directory. Run in a
 worker thread each, concurrent PUTs shared the journal's commits anyway (the
@@ -17,7 +20,8 @@ journal transaction holding all of them, the rest find theirs done), rename
 every file, fsync every directory (the same again), then writes the batch's
 listing rows (ListingWriter.apply_here) and wakes the event loop once for
 the whole batch. While the second thread waits for the disk, the first
-prepares the next batch.
+prepares the next batch. The steps ask for their flushes (diskfile.Flush)
+and the second thread makes them, one after the other (diskfile.run_steps).
 
 Only work that is quick is given to it (bodies held in memory, local
 devices, no versions or container quota); a step that blocked long would hold up
@@ -97,17 +101,7 @@ class StepRunner:
         # Like a worker thread's call, the steps run to their end even when
         # the caller is cancelled meanwhile: whatever it does next (an
         # abort, say) must not race them.
-        try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-        while not fut.done():
-            try:
-                with anyio.CancelScope(shield=True):
-                    await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                pass
-        raise cancelled
+        return await wait_to_the_end(fut)
 
     def close(self) -> None:
         with self._new:
@@ -132,13 +126,13 @@ class StepRunner:
             started, done = [], []
             for job in batch:
                 try:
-                    next(job[0])
+                    asked = next(job[0])
                 except StopIteration as end:
                     done.append((job, end.value))
                 except BaseException as exc:     # noqa: BLE001 - handed to its waiter
                     done.append((job, exc))
                 else:
-                    started.append(job)
+                    started.append((_resume(job[0], asked), *job[1:]))
             if done:
                 results = [r for _j, r in done]
                 self._list(results)
@@ -177,6 +171,36 @@ class StepRunner:
         for i, outcome in zip(listed, outcomes):
             results[i] = outcome if isinstance(outcome, BaseException) \
                 else (results[i].value, outcome)
+
+
+async def wait_to_the_end(fut: asyncio.Future):
+    """fut's result. A caller cancelled meanwhile still waits for fut to end
+    before its cancellation is raised."""
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError as exc:
+        cancelled = exc
+    while not fut.done():
+        try:
+            with anyio.CancelScope(shield=True):
+                await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            pass
+    raise cancelled
+
+
+def _resume(steps, asked):
+    """The rest of a started job, for `together`: first the flushes its
+    first step asked for (diskfile.Flush), then its next steps."""
+    try:
+        while True:
+            answers = yield asked
+            try:
+                asked = steps.send(answers)
+            except StopIteration as done:
+                return done.value
+    finally:
+        steps.close()
 
 
 def _hand_back(batch: list, results: list) -> None:

@@ -12,10 +12,11 @@ Placement: the ring gives each name a partition and its primary devices. A
 PUT streams to every primary (a handoff stands in for a primary whose device
 is missing) and succeeds when a quorum of replicas is durably on disk. Local
 replicas' commits (and a delete's tombstones) are generators of steps that
-`together` advances a round at a time in one thread (write all, fdatasync
-all, rename all, fsync all directories), so a 3-replica PUT waits for about
-one replica's flushes, not three; the step runner (steprunner.py) does the
-same across the small PUTs and DELETEs of many requests. Remote replicas'
+`together` advances a round at a time (write all, fdatasync all, rename all,
+fsync all directories; the steps ask for their flushes, diskfile.Flush), so
+a 3-replica PUT waits for about one replica's flushes, not three; the
+runners of small writes (uring.py, steprunner.py) do the same across the
+small PUTs and DELETEs of many requests. Remote replicas'
 requests, and big chunks to several replicas, go in parallel through a small
 pool. A GET opens the newest replica that has a good copy: a missing or
 corrupt one (quarantined on the spot) is skipped.
@@ -31,7 +32,8 @@ from dataclasses import dataclass
 from typing import Iterator, NoReturn
 
 from stackbox.common.errors import BadRequest, NotFound, ServiceUnavailable, StackboxError
-from stackbox.objectstore.diskfile import DiskFileManager, Peek, Reader, Writer, run_steps
+from stackbox.objectstore.diskfile import (DiskFileManager, Peek, Reader, Writer, flush_all,
+                                           run_steps)
 from stackbox.objectstore.errors import InsufficientStorage, OlderTimestamp
 from stackbox.objectstore.loopreads import must_not_block
 from stackbox.objectstore.objectserver import backend_token
@@ -262,20 +264,24 @@ class ObjectBackend:
 
 def together(steps: list, errors: tuple):
     """Advance step generators (Writer.commit_steps, DiskFileManager.
-    delete_steps) one step each in turn until all end, yielding after each
-    round: write all, fdatasync all, rename all, fsync all directories
-    (Writer._install_steps). Each step's first flush commits the journal for
-    every one of them, as threads flushing at once would get, without a
+    delete_steps) one step each in turn until all end: write all, then ask
+    for all their files' fdatasyncs; rename all, then ask for all their
+    directories' fsyncs (Writer._install_steps). A round's flushes are yielded
+    as one tuple (diskfile.Flush) and each generator gets its own answers:
+    flushed one after the other in one thread, the first commits the journal
+    for every one of them, as threads flushing at once would get, without a
     thread each. Returns each one's return value, or the exception in
     `errors` it raised (it has cleaned up after itself); any other
     exception, or closing this generator, closes the rest, which then abort."""
     results: list = [None] * len(steps)
     live = dict(enumerate(steps))
+    answers: dict = {}
     try:
         while live:
+            asked: dict = {}
             for i, step in list(live.items()):
                 try:
-                    next(step)
+                    asked[i] = tuple(step.send(answers.get(i)) or ())
                 except StopIteration as done:
                     results[i] = done.value
                     del live[i]
@@ -283,7 +289,14 @@ def together(steps: list, errors: tuple):
                     results[i] = exc
                     del live[i]
             if live:
-                yield
+                flushes = tuple(f for i in live for f in asked[i])
+                got = yield flushes
+                if got is None:             # driven by next(): flushed here
+                    got = flush_all(flushes)
+                answers, at = {}, 0
+                for i in live:
+                    answers[i] = got[at:at + len(asked[i])]
+                    at += len(asked[i])
     finally:
         for step in live.values():
             step.close()

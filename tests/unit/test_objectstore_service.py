@@ -19,16 +19,17 @@ from stackbox.common.errors import BadRequest, Conflict, NotFound
 from stackbox.objectstore.bootstrap import build_service
 from stackbox.objectstore.errors import InsufficientStorage, PreconditionFailed, Unprocessable
 from stackbox.objectstore.service import Listing, ObjectEntry, Subdir
+from stackbox.objectstore.steprunner import StepRunner
 
 A = "AUTH_p1"
 
 
-def _service(tmp_path, replicas=3):
+def _service(tmp_path, replicas=3, *, io_uring=True):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrate(url)
     db = Database(url)
     settings = SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
-        replicas=replicas, devices=3, part_power=6))
+        replicas=replicas, devices=3, part_power=6, io_uring=io_uring))
     s = build_service(db, settings)
     return s, db
 
@@ -243,10 +244,26 @@ def test_expiry_and_async_put_and_if_none_match(svc):
     assert svc.container_info(A, "c", cached=False).object_count == 0
 
 
-def test_small_async_writes_go_to_the_step_runner_unless_they_need_the_database(svc):
+@pytest.fixture(params=["io_uring", "threads"])
+def svc_runner(request, tmp_path):
+    """The service with each runner of small writes: on the event loop with
+    io_uring (where this kernel allows it), and the step runner's threads
+    (`io_uring = false`)."""
+    from stackbox.objectstore import uring
+    if request.param == "io_uring" and uring.usable() is not None:
+        pytest.skip(f"io_uring: {uring.usable()}")
+    s, db = _service(tmp_path, io_uring=request.param == "io_uring")
+    assert type(s.steps) is (uring.UringRunner if request.param == "io_uring" else StepRunner)
+    yield s
+    s.backend.close()
+    db.dispose()
+
+
+def test_small_async_writes_go_to_the_step_runner_unless_they_need_the_database(svc_runner):
     """A small PUT or DELETE is committed by the step runner with its listing
     row; one into a container with versions or a quota takes a worker thread
     (copies and counts from the database would hold up the runner's batch)."""
+    svc = svc_runner
     svc.create_container(A, "plain")
     svc.create_container(A, "archive")
     svc.create_container(A, "kept", sysmeta={"versions_location": "archive"})
@@ -530,10 +547,9 @@ def test_authorize_async_checks_a_non_owner_in_a_thread(svc):
 
 def _commit_events(monkeypatch, fail_fdatasync_on=None):
     """Record the flushes and renames of a commit, in order."""
-    from stackbox.common import fsutil
     from stackbox.objectstore import diskfile
     events = []
-    real_sync, real_rename, real_dir = os.fdatasync, diskfile._rename_noreplace, fsutil.fsync_dir
+    real_sync, real_rename, real_fsync = os.fdatasync, diskfile._rename_noreplace, os.fsync
     calls = iter(range(100))
 
     def fdatasync(fd):
@@ -544,7 +560,8 @@ def _commit_events(monkeypatch, fail_fdatasync_on=None):
     monkeypatch.setattr(diskfile.os, "fdatasync", fdatasync)
     monkeypatch.setattr(diskfile, "_rename_noreplace",
                         lambda a, b: events.append("rename") or real_rename(a, b))
-    monkeypatch.setattr(fsutil, "fsync_dir", lambda d: events.append("fsync_dir") or real_dir(d))
+    monkeypatch.setattr(diskfile.os, "fsync",     # only directories are fsynced
+                        lambda fd: events.append("fsync_dir") or real_fsync(fd))
     return events
 
 

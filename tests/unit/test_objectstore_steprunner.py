@@ -87,3 +87,40 @@ def test_a_closed_runner_refuses_work():
         with pytest.raises(RuntimeError, match="closed"):
             await runner.run(_job("a", []))
     asyncio.run(main())
+
+
+def test_the_flushes_a_job_asks_for_are_made_in_the_runner_thread(tmp_path):
+    """A job's first step runs in the first thread and asks for flushes
+    (diskfile.Flush); the second thread makes them and sends each job its
+    own answers: None, or the OSError of that flush."""
+    import errno
+    import os
+
+    from stackbox.objectstore.diskfile import Flush
+    good = os.open(tmp_path / "f", os.O_CREAT | os.O_WRONLY, 0o600)
+    bad = next(fd for fd in range(900, 1000) if not _is_open(fd))    # a high number: the
+                                                    # event loop's own fds take low ones
+    runner = StepRunner()
+
+    def job(fd):
+        answers = yield (Flush(fd, data_only=True),)
+        return answers, threading.current_thread().name
+
+    async def main():
+        return await asyncio.gather(runner.run(job(good)), runner.run(job(bad)))
+    try:
+        (ok, ok_thread), (failed, _t) = asyncio.run(main())
+    finally:
+        runner.close()
+        os.close(good)
+    assert ok == [None] and ok_thread == "sbx-steps"
+    assert isinstance(failed[0], OSError) and failed[0].errno == errno.EBADF
+
+
+def _is_open(fd: int) -> bool:
+    import os
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
