@@ -181,7 +181,9 @@ class UringRunner:
     through that loop's ring. A job returning Listed gets its listing row
     written with those of the other jobs that ended in the same loop
     iteration, one transaction on the loop (ListingWriter.apply_here), and
-    returns (value, the listing's result). Handing the rows to the listing
+    returns (value, the listing's result). The loop may wait there for
+    another process's listing transaction (the flock that orders them),
+    which holds a batch's rows too. Handing the rows to the listing
     thread instead (apply_async) cost a hop there and back per batch, and
     more than the ring saved: 1,158-1,169 PUTs/s against 1,214 in threads;
     on the loop, 1,211-1,380 against 1,144-1,241."""
