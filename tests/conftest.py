@@ -87,7 +87,18 @@ class Cloud:
                     str(self.data_dir)], check=check, env=env, timeout=600)
 
     def start(self) -> None:
-        self.stackbox("up", "--detach")
+        try:
+            self.stackbox("up", "--detach")
+        except AssertionError as exc:
+            # the data dir may be gone by the time anyone looks: keep the
+            # end of the process's logs with the failure
+            tails = []
+            for name in ("stackbox.out", "stackbox.log"):
+                path = self.data_dir / "log" / name
+                if path.exists():
+                    lines = path.read_text(errors="replace").splitlines()[-40:]
+                    tails.append(f"--- last lines of {path}:\n" + "\n".join(lines))
+            raise AssertionError("\n".join([str(exc), *tails])) from None
         clouds = yaml.safe_load((self.data_dir / "clouds.yaml").read_text())["clouds"]
         self.admin_password = clouds["stackbox"]["auth"]["password"]
         self.demo_password = clouds["stackbox-demo"]["auth"]["password"]
