@@ -32,8 +32,7 @@ from dataclasses import dataclass
 from typing import Iterator, NoReturn
 
 from stackbox.common.errors import BadRequest, NotFound, ServiceUnavailable, StackboxError
-from stackbox.objectstore.diskfile import (DiskFileManager, Peek, Reader, Writer, flush_all,
-                                           run_steps)
+from stackbox.objectstore.diskfile import DiskFileManager, Peek, Reader, Writer, run_steps
 from stackbox.objectstore.errors import InsufficientStorage, OlderTimestamp
 from stackbox.objectstore.loopreads import must_not_block
 from stackbox.objectstore.objectserver import backend_token
@@ -289,13 +288,11 @@ def together(steps: list, errors: tuple):
                     results[i] = exc
                     del live[i]
             if live:
-                flushes = tuple(f for i in live for f in asked[i])
-                got = yield flushes
-                if got is None:             # driven by next(): flushed here
-                    got = flush_all(flushes)
+                got = yield tuple(f for i in live for f in asked[i])
                 answers, at = {}, 0
                 for i in live:
-                    answers[i] = got[at:at + len(asked[i])]
+                    # driven by next(), no answers: each step's ask() flushes itself
+                    answers[i] = None if got is None else got[at:at + len(asked[i])]
                     at += len(asked[i])
     finally:
         for step in live.values():
