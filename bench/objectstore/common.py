@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import urllib.parse
@@ -306,7 +307,6 @@ def data_filesystem(root: Path, kind: str, size: str = "24G"):
 def in_bench_dirs(prefix: str, fs: str, body) -> int:
     """body(root, data_root, fs_label) in a fresh temporary root, with
     stackbox's data under data_root (data_filesystem); all removed after."""
-    import tempfile
     root = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         with data_filesystem(root, fs) as (data_root, fs_label):

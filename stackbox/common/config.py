@@ -190,7 +190,8 @@ class ObjectStoreSettings(_Section):
         True, description="Flush small PUTs and DELETEs (fdatasync, directory fsync) "
         "through io_uring from each process's event loop. Where the kernel, a seccomp "
         "profile or a missing liburing package refuses it, or with false, two threads per "
-        "process make the same flushes in batches (a few percent slower).")
+        "process make the same flushes in batches (measured: 4% fewer small PUTs/s at "
+        "concurrency 16, up to 30% fewer at 4; docs/objectstore.md).")
 
     def worker_count(self) -> int:
         return self.workers or max(1, min(8, os.cpu_count() or 1))

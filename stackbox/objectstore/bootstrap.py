@@ -58,4 +58,4 @@ def build_service(db: Database, settings, *, generation=None) -> ObjectStoreServ
     backend = ObjectBackend(ring, str(devices_root(settings.data_dir)),
                             chunk_size=1024 * 1024)
     return ObjectStoreService(db, backend, generation=generation,
-                              io_uring=getattr(cfg, "io_uring", True))
+                              io_uring=cfg.io_uring)

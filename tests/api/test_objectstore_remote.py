@@ -94,7 +94,7 @@ def world(tmp_path):
     migrate(url)
     db = Database(url)
     svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
-        replicas=3, devices=3, part_power=4)))
+        replicas=3, devices=3, part_power=4, io_uring=True)))
     try:
         yield SimpleNamespace(svc=svc, server=server, remote=tmp_path / "remote",
                               local=tmp_path / "objects")

@@ -356,7 +356,7 @@ def test_missing_device_uses_a_handoff_that_the_replicator_drains(tmp_path):
     migrate(url)
     db = Database(url)
     svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
-        replicas=3, devices=4, part_power=4)))
+        replicas=3, devices=4, part_power=4, io_uring=True)))
     try:
         svc.create_container(A, "c")
         _part, primaries, _ = svc.backend.nodes(A, "c", "o")
@@ -396,7 +396,7 @@ def test_listings_sort_by_bytes_on_a_postgresql_with_a_natural_language_locale(t
         migrate(url)
         db = Database(url)
         svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
-            replicas=1, devices=1, part_power=4)))
+            replicas=1, devices=1, part_power=4, io_uring=True)))
         try:
             for c in ("b", "B", "a"):
                 svc.create_container(A, c)
