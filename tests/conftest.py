@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -24,8 +25,41 @@ PG_ADMIN_URL = os.environ.get("STACKBOX_TEST_PG_URL", "")
 GUEST_CACHE = os.environ.get("STACKBOX_TEST_CACHE", "/var/cache/stackbox-test")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_EPHEMERAL = _ephemeral_range()
+_handed_out: set[int] = set()
+# Below the ephemeral range and above the well-known services' ports (stackbox's
+# defaults, PostgreSQL's 5432, the Swift peer's 16200-18080 and the like).
+_PORTS = [p for p in range(20000, 32000)
+          if not _EPHEMERAL[0] <= p <= _EPHEMERAL[1]]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free loopback port outside the kernel's ephemeral range: a port
+    taken from that range (bind to port 0) could be handed to an outgoing
+    connection (to PostgreSQL, to another cloud) in the seconds before the
+    cloud binds it, and the cloud would then fail to start. Each port is
+    handed out once per test session."""
+    for _attempt in range(200 if _PORTS else 0):
+        port = random.choice(_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:      # a host whose ephemeral range covers 20000-31999
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
