@@ -22,6 +22,7 @@ from types import SimpleNamespace
 import pytest
 from swiftclient import client as swc
 
+from stackbox.common.config import ObjectStoreSettings
 from stackbox.common.db import Database, migrate
 from stackbox.objectstore.bootstrap import build_service
 from stackbox.objectstore.errors import Quarantined
@@ -93,8 +94,8 @@ def world(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrate(url)
     db = Database(url)
-    svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
-        replicas=3, devices=3, part_power=4, io_uring=True)))
+    svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=ObjectStoreSettings(
+        replicas=3, devices=3, part_power=4)))
     try:
         yield SimpleNamespace(svc=svc, server=server, remote=tmp_path / "remote",
                               local=tmp_path / "objects")

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from stackbox.common.config import ObjectStoreSettings
 from stackbox.common.db import Database, migrate
 from stackbox.common.errors import BadRequest, Conflict, NotFound
 from stackbox.objectstore.bootstrap import build_service
@@ -28,7 +29,7 @@ def _service(tmp_path, replicas=3, *, io_uring=True):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrate(url)
     db = Database(url)
-    settings = SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
+    settings = SimpleNamespace(data_dir=tmp_path, object_store=ObjectStoreSettings(
         replicas=replicas, devices=3, part_power=6, io_uring=io_uring))
     s = build_service(db, settings)
     return s, db
@@ -355,8 +356,8 @@ def test_missing_device_uses_a_handoff_that_the_replicator_drains(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     migrate(url)
     db = Database(url)
-    svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
-        replicas=3, devices=4, part_power=4, io_uring=True)))
+    svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=ObjectStoreSettings(
+        replicas=3, devices=4, part_power=4)))
     try:
         svc.create_container(A, "c")
         _part, primaries, _ = svc.backend.nodes(A, "c", "o")
@@ -395,8 +396,8 @@ def test_listings_sort_by_bytes_on_a_postgresql_with_a_natural_language_locale(t
     try:
         migrate(url)
         db = Database(url)
-        svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=SimpleNamespace(
-            replicas=1, devices=1, part_power=4, io_uring=True)))
+        settings = ObjectStoreSettings(replicas=1, devices=1, part_power=4)
+        svc = build_service(db, SimpleNamespace(data_dir=tmp_path, object_store=settings))
         try:
             for c in ("b", "B", "a"):
                 svc.create_container(A, c)
