@@ -124,3 +124,54 @@ def test_verified_password_cache():
     assert not cache.hit("u1", new_hash, "pw"), "a password change misses by construction"
     assert "pw" not in repr(cache._entries)
     assert not passwords.VerifiedCache(ttl=0).hit("u1", h, "pw")
+
+
+def test_requests_missing_the_cache_together_load_once(db, monkeypatch):
+    """Every second the revocations go stale and every cache_seconds a token's
+    entry does; the requests in flight then share one reload of each, instead
+    of every one loading both (a revocation still counts at once)."""
+    import threading
+
+    from stackbox.identity.auth import Authenticator
+    from stackbox.identity.bootstrap import bootstrap
+    from stackbox.identity.roles import effective_roles
+
+    made = bootstrap(db, password_cost=10)
+    ring = KeyRing(db, rotation=3600, token_lifetime=3600)
+    ring.ensure_key()
+    auth = Authenticator(db, TokenCodec(ring), token_lifetime=3600, password_cost=10,
+                         cache_seconds=60, roles_for=effective_roles)
+    token = auth.issue({"methods": ["password"], "password": {"user": {
+        "name": "admin", "domain": {"id": "default"}, "password": made["admin"]}}},
+        {"project": {"name": "admin", "domain": {"id": "default"}}}).token
+    loads, reloads = [], []
+    real_load, real_reload = auth._load, auth.revocations.load
+    monkeypatch.setattr(auth, "_load", lambda *a: loads.append(1) or real_load(*a))
+    monkeypatch.setattr(auth.revocations, "load",
+                        lambda: reloads.append(1) or (time.sleep(0.05), real_reload())[1])
+
+    def together(n=16):
+        seen, errors = [], []
+        start = threading.Barrier(n)
+
+        def one():
+            start.wait()
+            try:
+                seen.append(auth.validate(token).user.name)
+            except Exception as exc:          # noqa: BLE001 - reported below
+                errors.append(exc)
+        threads = [threading.Thread(target=one) for _ in range(n)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert not errors and seen == ["admin"] * n
+
+    auth._cache.clear()                 # a token nobody here validated yet
+    together()
+    assert (len(loads), len(reloads)) == (1, 1)
+    auth.revocations._loaded = 0.0      # the revocations went stale
+    together()
+    assert (len(loads), len(reloads)) == (1, 2), "the cached token is not loaded again"
+    auth.add_revocation(user_id=auth.validate(token).user.id)
+    auth.revocations._loaded = 0.0
+    with pytest.raises(Unauthorized):
+        auth.validate(token)

@@ -130,3 +130,35 @@ def test_routing_by_subresource():
     with pytest.raises(S3Error) as e:
         api.route("POST", "b", "k", {})
     assert e.value.status == 405
+
+
+def test_ec2_lookups_missing_the_cache_together_are_one():
+    """The requests in flight when an access key's cache entry expires wait for
+    one lookup of it, not one each."""
+    import threading
+    import time
+
+    from stackbox.common.http.context import RequestContext
+    from stackbox.objectstore.s3.auth import S3Authenticator
+
+    calls = []
+
+    class Identity:
+        def ec2_identity(self, access):
+            calls.append(access)
+            time.sleep(0.05)
+            return ("secret", RequestContext(request_id="-", user_id="u")) \
+                if access == "known" else None
+
+    auth = S3Authenticator(Identity(), regions=("RegionOne",), cache_seconds=60)
+    found, start = [], threading.Barrier(8)
+
+    def one(key):
+        start.wait()
+        found.append(auth._lookup(key))
+    threads = [threading.Thread(target=one, args=("known",)) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert calls == ["known"] and all(f and f[0] == "secret" for f in found) and len(found) == 8
+    assert auth._lookup("unknown") is None and auth._lookup("unknown") is None
+    assert calls == ["known", "unknown", "unknown"], "unknown keys are not cached"

@@ -37,4 +37,9 @@ class RequestContext:
         return name in self.roles
 
     def with_request_id(self, request_id: str) -> "RequestContext":
-        return dataclasses.replace(self, request_id=request_id)
+        # a copy of the fields, not dataclasses.replace (which runs __init__
+        # and its frozen setattrs again: ~6 us, on every request)
+        new = object.__new__(RequestContext)
+        new.__dict__.update(self.__dict__)
+        new.__dict__["request_id"] = request_id
+        return new

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from stackbox.common.generation import LocalGeneration
 from stackbox.common.http.context import RequestContext
+from stackbox.common.oneload import OneLoad
 from stackbox.objectstore.s3 import sigv4
 from stackbox.objectstore.s3.errors import S3Error
 
@@ -41,6 +42,7 @@ class S3Authenticator:
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, int, str, RequestContext]] = {}
         self._lock = threading.Lock()
+        self._loads = OneLoad()
 
     def _cached(self, access: str):
         hit = self._cache.get(access)
@@ -49,14 +51,20 @@ class S3Authenticator:
         return None
 
     def _lookup(self, access: str):
-        gen = self.generation.value()
-        found = self.identity.ec2_identity(access)
-        if found is not None and self.cache_seconds > 0:
-            with self._lock:
-                if len(self._cache) > 10000:
-                    self._cache.clear()
-                self._cache[access] = (time.monotonic() + self.cache_seconds, gen, *found)
-        return found
+        """In a worker thread: the requests that miss the cache together
+        (every cache_seconds) share one lookup."""
+        with self._loads.hold(access):
+            hit = self._cached(access)
+            if hit is not None:
+                return hit
+            gen = self.generation.value()
+            found = self.identity.ec2_identity(access)
+            if found is not None and self.cache_seconds > 0:
+                with self._lock:
+                    if len(self._cache) > 10000:
+                        self._cache.clear()
+                    self._cache[access] = (time.monotonic() + self.cache_seconds, gen, *found)
+            return found
 
     async def authenticate(self, req: sigv4.Request, request_id: str
                            ) -> tuple[RequestContext, sigv4.Verified]:
