@@ -758,6 +758,16 @@ class Reader:
         # Validated above, eagerly; the generator below runs only when iterated.
         return self._chunks(start, end)
 
+    def file_span(self, start: int, end: int) -> tuple[int, int, int] | None:
+        """(fd, offset, count) of bytes [start, end) for a server that sends
+        them from the file itself (sendfile); None when read_range would
+        re-hash them (a full read of a small object)."""
+        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= self.size):
+            raise BadRequest(f"range {start}-{end} is outside 0-{self.size}", field="range")
+        if (start, end) == (0, self.size) and self.size <= VERIFY_READS_UP_TO:
+            return None
+        return self._fd, start, end - start
+
     def _chunks(self, start: int, end: int) -> Iterator[bytes]:
         md5 = (hashlib.md5(usedforsecurity=False)
                if (start, end) == (0, self.size) and self.size <= VERIFY_READS_UP_TO else None)

@@ -316,6 +316,13 @@ class OpenObject:
             raise BadRequest(f"range {start}-{end} is outside 0-{self.size}", field="range")
         return self._svc.iter_concat(self.info.account, _pieces(self.segments, start, end))
 
+    def file_span(self, start: int, end: int) -> tuple[int, int, int] | None:
+        """(fd, offset, count) of iter_range(start, end)'s bytes in one local
+        file, to be sent from it (sendfile); None where they are not (SLO
+        segments, a remote replica, or a read that re-hashes the object)."""
+        span = getattr(self._reader, "file_span", None)
+        return span(start, end) if span is not None and self.segments is None else None
+
     def read(self) -> bytes:
         return b"".join(self.iter_range())
 

@@ -1,5 +1,9 @@
 """Response bodies read from disk without holding up the event loop.
 
+A body that is a span of one local file (a big object, a range) is sent with
+sendfile where the server offers it (FileSpanResponse; common/http/zerocopy.py).
+Otherwise:
+
 Starlette iterates a blocking iterator one worker-thread hop per chunk and
 starts reading the next chunk only after the previous one was sent. Here the
 next chunk is read (and hashed, for a full read's etag check) in a worker
@@ -13,6 +17,9 @@ import asyncio
 from typing import AsyncIterator, Callable, Iterable
 
 import anyio
+from starlette.responses import Response, StreamingResponse
+
+from stackbox.common.http import zerocopy
 
 
 async def read_ahead(chunks: Iterable[bytes], *,
@@ -43,3 +50,32 @@ async def read_ahead(chunks: Iterable[bytes], *,
                 await asyncio.gather(ahead, return_exceptions=True)
             if close is not None:
                 await anyio.to_thread.run_sync(close)
+
+
+class FileSpanResponse(Response):
+    """A body of `count` bytes of the open file `fd` from `offset`: sent with
+    sendfile where the server offers ASGI's zero-copy send (stackbox's
+    uvicorn protocol, common/http/zerocopy.py), else streamed from `chunks`
+    (the same bytes, a blocking iterator) with read_ahead. `close` runs in a
+    worker thread at the end. The headers carry the Content-Length."""
+
+    def __init__(self, span: tuple[int, int, int], chunks: Iterable[bytes], *,
+                 close: Callable[[], None], status_code: int, headers: dict):
+        super().__init__(status_code=status_code, headers=headers)
+        self.span, self.chunks, self.close = span, chunks, close
+
+    async def __call__(self, scope, receive, send):
+        if not zerocopy.supported(scope):
+            fallback = StreamingResponse(read_ahead(self.chunks, close=self.close),
+                                         status_code=self.status_code)
+            fallback.raw_headers = self.raw_headers
+            return await fallback(scope, receive, send)
+        fd, offset, count = self.span
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            await send({"type": zerocopy.EXTENSION, "file": fd, "offset": offset,
+                        "count": count, "more_body": False})
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.close)

@@ -20,6 +20,8 @@ import time
 
 import uvicorn
 
+from stackbox.common.http.zerocopy import ZeroCopyProtocol
+
 log = logging.getLogger("stackbox.http")
 
 ACCEPT_WAIT = 0.5      # seconds an accept thread waits before checking whether to stop
@@ -235,10 +237,11 @@ def uvicorn_config(app) -> uvicorn.Config:
     """uvicorn's settings for every API port (the stackbox process and the
     object-store workers). No permessage-deflate: the console proxy's
     websockets carry VNC data that is mostly compressed already; deflating it
-    cut throughput ~10x (bench/console)."""
+    cut throughput ~10x (bench/console). httptools with ASGI's zero-copy send
+    (sendfile for big object GETs, zerocopy.py)."""
     return uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                           timeout_keep_alive=30, server_header=False,
-                          ws_per_message_deflate=False)
+                          ws_per_message_deflate=False, http=ZeroCopyProtocol)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
