@@ -11,11 +11,16 @@ A read that has to go to the disk, though, would stall every request of
 the process while it waits. So the loop reads inline only while its own
 reads are served from memory: LoopReads compares the loop thread's count of
 block reads (getrusage(RUSAGE_THREAD).ru_inblock, about half a microsecond)
-before and after each inline read. A read that went to the disk sends the
-reads of the next moment to worker threads, as before: 50 ms after a first
-one (a one-off, such as the first read of a module's file), doubling while
-the reads that try again still go to the disk, up to 2 s, so a cold or slow
-disk costs at most one stalled read per process every 2 s.
+before and after each inline read, and keeps the share of recent inline
+reads that went to the disk (a moving average, each read weighing 1/16).
+When a read goes to the disk while that share is over a tenth (two in a
+row, or in a handful of reads), the reads of the next moment go to worker
+threads, as before: 50 ms the first time, doubling while the reads that try
+again still go to the disk, up to 2 s; so a cold or slow disk costs at most
+two stalled reads per process every 2 s. A lone read from the disk now and
+then (a page the kernel reclaimed: on the benchmark machine about 1 in 170
+reads of objects just written) stays inline: when each one sent the next
+50 ms of reads to threads, half of all small GETs took a thread.
 
 Code run this way calls must_not_block() before anything that may wait
 long on something other than the page cache (a database query, a remote
@@ -37,6 +42,8 @@ T = TypeVar("T")
 
 MIN_COOLDOWN = 0.05     # seconds of thread reads after an inline read touched the disk,
 MAX_COOLDOWN = 2.0      # doubled for each further one in a row
+MISS_WEIGHT = 1 / 16    # of the latest inline read in the share that went to the disk
+MISS_SHARE = 0.1        # above it, a read from the disk sends reads to threads
 
 
 class NeedsThread(Exception):
@@ -72,6 +79,7 @@ class LoopReads:
         self.enabled = block_reads_counted() if enabled is None else enabled
         self.min_cooldown, self.max_cooldown = min_cooldown, max_cooldown
         self.cooldown = min_cooldown        # the next one
+        self.missed = 0.0                   # share of recent inline reads from the disk
         self._threads_until = 0.0
         self.inline = self.threaded = 0       # counts, for tests and benchmarks
 
@@ -91,10 +99,15 @@ class LoopReads:
             except NeedsThread:
                 pass
             finally:
-                if _block_reads() == before:
-                    self.cooldown = self.min_cooldown
-                else:
-                    self._threads_until = time.monotonic() + self.cooldown
-                    self.cooldown = min(self.cooldown * 2, self.max_cooldown)
+                self._count(_block_reads() != before)
         self.threaded += 1
         return await run_in_threadpool(fn, *args)
+
+    def _count(self, missed: bool) -> None:
+        self.missed = self.missed * (1 - MISS_WEIGHT) + (MISS_WEIGHT if missed else 0.0)
+        if not missed:
+            if self.missed < MISS_SHARE / 2:
+                self.cooldown = self.min_cooldown
+        elif self.missed > MISS_SHARE:
+            self._threads_until = time.monotonic() + self.cooldown
+            self.cooldown = min(self.cooldown * 2, self.max_cooldown)

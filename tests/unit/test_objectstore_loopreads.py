@@ -111,6 +111,9 @@ def test_reads_from_the_disk_send_reads_to_threads_for_a_growing_while(tmp_path)
         loop_thread = threading.get_ident()
         _evict(path)
         assert len(await reads.run(_read, path)) == 64 * 1024   # from the disk, inline
+        assert reads.allowed(), "a lone read from the disk keeps reads on the loop"
+        _evict(path)
+        await reads.run(_read, path)                             # a second one: threads
         assert not reads.allowed()
         assert await reads.run(where) != loop_thread             # cooling down: a thread
         await asyncio.sleep(0.35)
@@ -120,6 +123,21 @@ def test_reads_from_the_disk_send_reads_to_threads_for_a_growing_while(tmp_path)
         assert reads.cooldown == 1.0                             # and 1.2 next, capped
         await asyncio.sleep(0.65)
         assert await reads.run(where) == loop_thread             # cached: inline again
-        assert reads.cooldown == 0.3
+        assert reads.cooldown == 1.0, "until the share from the disk is small again"
+        for _ in range(20):
+            await reads.run(where)
+        assert reads.cooldown == 0.3 and reads.allowed()
     run(main())
-    assert (reads.inline, reads.threaded) == (3, 1)
+    assert (reads.inline, reads.threaded) == (24, 1)
+
+
+def test_reads_from_the_disk_now_and_then_stay_on_the_loop():
+    """One read in 170 from the disk (pages the kernel reclaimed) costs that
+    read's wait, not a thread hop for every read of the next 50 ms."""
+    reads = LoopReads(True)
+    for i in range(1700):
+        reads._count(i % 170 == 0)
+        assert reads.allowed()
+    for _ in range(2):              # a cold disk: two in a row
+        reads._count(True)
+    assert not reads.allowed()
