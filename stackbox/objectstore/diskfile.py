@@ -753,8 +753,7 @@ class Reader:
         checked by the auditor, and by clients against the ETag header
         (swiftclient and the AWS SDKs do), as in Swift."""
         end = self.size if end is None else end
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= self.size):
-            raise BadRequest(f"range {start}-{end} is outside 0-{self.size}", field="range")
+        self._check_range(start, end)
         # Validated above, eagerly; the generator below runs only when iterated.
         return self._chunks(start, end)
 
@@ -762,15 +761,18 @@ class Reader:
         """(fd, offset, count) of bytes [start, end) for a server that sends
         them from the file itself (sendfile); None when read_range would
         re-hash them (a full read of a small object)."""
+        self._check_range(start, end)
+        return None if self._rehashed(start, end) else (self._fd, start, end - start)
+
+    def _check_range(self, start, end) -> None:
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= self.size):
             raise BadRequest(f"range {start}-{end} is outside 0-{self.size}", field="range")
-        if (start, end) == (0, self.size) and self.size <= VERIFY_READS_UP_TO:
-            return None
-        return self._fd, start, end - start
+
+    def _rehashed(self, start: int, end: int) -> bool:
+        return (start, end) == (0, self.size) and self.size <= VERIFY_READS_UP_TO
 
     def _chunks(self, start: int, end: int) -> Iterator[bytes]:
-        md5 = (hashlib.md5(usedforsecurity=False)
-               if (start, end) == (0, self.size) and self.size <= VERIFY_READS_UP_TO else None)
+        md5 = hashlib.md5(usedforsecurity=False) if self._rehashed(start, end) else None
         for chunk in _iter_pread(self._fd, start, end, self._mgr.chunk_size):
             if md5:
                 md5.update(chunk)
