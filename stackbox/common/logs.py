@@ -73,8 +73,11 @@ def setup(data_dir: Path, *, level: str, max_bytes: int, backups: int,
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(_Formatter(FORMAT))
         root.addHandler(stream)
-    # FORMAT names no thread or process: a record need not look them up
+    # FORMAT names no thread or process, file, line or function: a record
+    # need not look them up (no _srcfile: no walk up the stack for the
+    # caller's frame, ~0.4% of a small PUT's samples with its access line)
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     for noisy in ("uvicorn.access", "sqlalchemy", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return path

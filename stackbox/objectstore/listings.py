@@ -206,6 +206,10 @@ class ListingWriter:
         self._lock_path = (database + "-listings.lock"
                            if database and database != ":memory:" else None)
         self._lock_fd = -1
+        # the sqlite3 connection the batches use (one batch at a time): its
+        # page cache stays warm from batch to batch (see _transaction)
+        self._kept = None
+        self._kept_lock = threading.Lock()
 
     @contextmanager
     def _other_processes_excluded(self):
@@ -288,24 +292,53 @@ class ListingWriter:
     def _transaction(self):
         """A transaction for one batch: on SQLite straight through the sqlite3
         module (the listing thread holds the flock meanwhile, and SQLAlchemy's
-        execution layer was three quarters of that time), elsewhere Core."""
+        execution layer was three quarters of that time), elsewhere Core.
+
+        On SQLite the batches use one connection the writer keeps (detached
+        from the pool; a second batch running at the same moment in this
+        process takes one from the pool). That saves the pool's checkout and
+        return (their bookkeeping and a rollback: ~1.5% of a small PUT's
+        profile samples), and keeps SQLite's page cache, which is per
+        connection: the pool hands its connections out in turn, so a batch
+        always found a cache the commits of other connections had made
+        stale (SQLite drops it whole), and read the container's pages
+        again. Kept, the cache is lost only when another process committed
+        in between. Interleaved, 8 rounds of small PUTs each: 1,270 ->
+        1,316/s, server user CPU 0.655 -> 0.613 ms per PUT."""
         if not self._raw:
             with self.engine.begin() as conn:
                 yield _CoreTx(conn)
             return
-        raw = self.engine.raw_connection()
+        kept = self._kept_lock.acquire(blocking=False)
         try:
-            cur = raw.cursor()
+            if kept:
+                if self._kept is None:
+                    self._kept = self.engine.raw_connection()
+                    self._kept.detach()       # the writer's own, not the pool's
+                raw = self._kept
+            else:                             # another batch of this process has it
+                raw = self.engine.raw_connection()
+            failed = True
             try:
-                yield _SqliteTx(cur)      # the first UPDATE begins the transaction
-                raw.commit()
-            except BaseException:
-                raw.rollback()
-                raise
+                cur = raw.cursor()
+                try:
+                    yield _SqliteTx(cur)      # the first UPDATE begins the transaction
+                    raw.commit()
+                    failed = False
+                except BaseException:
+                    raw.rollback()
+                    raise
+                finally:
+                    cur.close()
             finally:
-                cur.close()
+                if not kept:
+                    raw.close()
+                elif failed:                  # a connection that failed is not kept
+                    self._kept = None
+                    raw.close()
         finally:
-            raw.close()
+            if kept:
+                self._kept_lock.release()
 
     def _commit(self, batch: list[_Slot]) -> None:
         """Per container in the batch: touch it (taking SQLite's write lock),

@@ -10,6 +10,8 @@ from stackbox.common import logs
 def test_the_log_file_rotates_at_its_size_and_keeps_its_backups(tmp_path):
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    lookups = (logging._srcfile, logging.logThreads, logging.logProcesses,
+               logging.logMultiprocessing)
     try:
         path = logs.setup(tmp_path, level="info", max_bytes=2000, backups=2, to_stderr=False,
                           name="w.log")
@@ -32,3 +34,29 @@ def test_the_log_file_rotates_at_its_size_and_keeps_its_backups(tmp_path):
         for h in root.handlers:
             h.close()
         root.handlers[:], root.level = saved
+        (logging._srcfile, logging.logThreads, logging.logProcesses,
+         logging.logMultiprocessing) = lookups
+
+
+def test_records_skip_the_lookups_the_format_never_prints(tmp_path, monkeypatch):
+    """The caller's frame, thread and process are not looked up; the line
+    is the same."""
+    for name in ("_srcfile", "logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, name, getattr(logging, name))
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    path = logs.setup(tmp_path, level="info", max_bytes=0, backups=0, to_stderr=False)
+    seen = []
+    catcher = logging.Handler()
+    catcher.emit = seen.append
+    root.addHandler(catcher)
+    try:
+        logging.getLogger("stackbox.test").info("hello %s", "there")
+    finally:
+        for h in root.handlers:
+            h.close()
+    (record,) = seen
+    assert (record.lineno, record.thread, record.process) == (0, None, None)
+    line = path.read_text().strip()
+    assert line.endswith(" INFO stackbox.test hello there"), line

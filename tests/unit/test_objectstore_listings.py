@@ -216,3 +216,31 @@ def test_a_batch_is_one_transaction(db):
         w._commit([_Slot(Remove("AUTH_a", "c2", "keep", "0000000012.00000")), _Slot(bad)])
     assert names(db, "c2") == ["keep"]
     assert counters(db) == {"c1": (0, 0), "c2": (1, 4)}
+
+
+def test_batches_keep_one_connection_and_drop_it_after_an_error(db, statements):
+    """On the sqlite3 path every batch uses the writer's own connection (no
+    checkout from the pool); a batch that failed closes it and the next one
+    opens another; a batch running while it is in use takes the pool's."""
+    if statements != "sqlite3":
+        pytest.skip("Core takes the pool's connections")
+    from sqlalchemy import event
+    checkouts = []
+    event.listen(db.engine, "checkout", lambda *a: checkouts.append(1))
+    w = ListingWriter(db.engine)
+    for i in range(5):
+        assert w.apply(put(f"k{i}", 1, 10)) is True
+    first = w._kept
+    assert first is not None and len(checkouts) == 1
+    bad = put("y", 1, 11)
+    bad.etag = None                       # NOT NULL column: the INSERT fails
+    with pytest.raises(Exception):
+        w.apply(bad)
+    assert w._kept is None
+    assert w.apply(put("k9", 1, 10)) is True
+    assert w._kept is not None and w._kept is not first and len(checkouts) == 2
+    with w._kept_lock:                    # as if another batch were using it
+        assert w.apply(put("k10", 1, 10)) is True
+    assert len(checkouts) == 3
+    assert names(db) == [f"k{i}" for i in (0, 1, 10, 2, 3, 4, 9)]
+    assert counters(db)["c1"] == (7, 7)
