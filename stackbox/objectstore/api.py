@@ -34,7 +34,7 @@ from stackbox.objectstore.errors import (EntityTooLarge, InsufficientStorage, Pr
                                          Quarantined, Unprocessable)
 from stackbox.objectstore.loopreads import must_not_block
 from stackbox.objectstore.service import Listing, ObjectStoreService
-from stackbox.objectstore.streams import FileSpanResponse, read_ahead
+from stackbox.objectstore.streams import body_response, read_ahead
 
 SMALL = 256 * 1024              # objects up to this size are sent in one piece
 SWIFT_VERSION = "2.30.0"        # the API level /info claims (Debian 12's Swift)
@@ -497,12 +497,9 @@ class SwiftApi:
             finally:
                 o.close()
             return Response(data, status_code=status, headers=headers)
-        span = o.file_span(start, end) if pieces is None else None
-        if span is not None:
-            return FileSpanResponse(span, iterate(start, end), close=o.close,
-                                    status_code=status, headers=headers)
-        return StreamingResponse(read_ahead(iterate(start, end), close=o.close),
-                                 status_code=status, headers=headers)
+        return body_response(o.file_span(start, end) if pieces is None else None,
+                             iterate(start, end), close=o.close, status_code=status,
+                             headers=headers)
 
     def _multirange(self, o, headers, ranges, size, iterate):
         boundary = uuid.uuid4().hex

@@ -79,3 +79,15 @@ class FileSpanResponse(Response):
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.close)
+
+
+def body_response(span: tuple[int, int, int] | None, chunks: Iterable[bytes], *,
+                  close: Callable[[], None], status_code: int, headers: dict) -> Response:
+    """The response for a body read from an open object: a FileSpanResponse
+    when the object gave a span of its file ((fd, offset, count), see
+    diskfile.Reader.file_span), else `chunks` streamed with read_ahead."""
+    if span is not None:
+        return FileSpanResponse(span, chunks, close=close, status_code=status_code,
+                                headers=headers)
+    return StreamingResponse(read_ahead(chunks, close=close), status_code=status_code,
+                             headers=headers)

@@ -12,7 +12,7 @@ from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import quote, unquote
 
 from starlette.concurrency import run_in_threadpool as call
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from stackbox.common import errors
 from stackbox.objectstore.errors import Quarantined
@@ -21,7 +21,7 @@ from stackbox.objectstore.s3.body import Payload
 from stackbox.objectstore.s3.errors import S3Error, invalid_argument, no_such_key
 from stackbox.objectstore.s3.multipart import MAX_PART_NUMBER, Multipart
 from stackbox.objectstore.s3.store import ObjectInfo, ServiceStore
-from stackbox.objectstore.streams import FileSpanResponse, read_ahead
+from stackbox.objectstore.streams import body_response
 
 SMALL = 1024 * 1024            # GET bodies up to this are read in the same worker call
 MAX_META = 2048                # S3's limit on user metadata, names plus values
@@ -242,13 +242,8 @@ class ObjectHandlers:
         if head or data is not None:
             return Response(b"" if head else data, status_code=status, headers=headers)
 
-        span = reader.file_span(start, end + 1)
-        if span is not None:
-            return FileSpanResponse(span, reader.iter_range(start, end + 1),
-                                    close=reader.close, status_code=status, headers=headers)
-        return StreamingResponse(read_ahead(reader.iter_range(start, end + 1),
-                                            close=reader.close),
-                                 status_code=status, headers=headers)
+        return body_response(reader.file_span(start, end + 1), reader.iter_range(start, end + 1),
+                             close=reader.close, status_code=status, headers=headers)
 
     async def delete_object(self, request, ctx, verified, bucket, key):
         try:
