@@ -309,36 +309,41 @@ class ListingWriter:
             with self.engine.begin() as conn:
                 yield _CoreTx(conn)
             return
-        kept = self._kept_lock.acquire(blocking=False)
-        try:
-            if kept:
-                if self._kept is None:
-                    self._kept = self.engine.raw_connection()
-                    self._kept.detach()       # the writer's own, not the pool's
-                raw = self._kept
-            else:                             # another batch of this process has it
-                raw = self.engine.raw_connection()
-            failed = True
+        with self._sqlite_connection() as raw:
+            cur = raw.cursor()
             try:
-                cur = raw.cursor()
-                try:
-                    yield _SqliteTx(cur)      # the first UPDATE begins the transaction
-                    raw.commit()
-                    failed = False
-                except BaseException:
-                    raw.rollback()
-                    raise
-                finally:
-                    cur.close()
+                yield _SqliteTx(cur)      # the first UPDATE begins the transaction
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
             finally:
-                if not kept:
-                    raw.close()
-                elif failed:                  # a connection that failed is not kept
-                    self._kept = None
-                    raw.close()
+                cur.close()
+
+    @contextmanager
+    def _sqlite_connection(self):
+        """The kept connection (see _transaction), or one of the pool's while
+        another batch of this process has it. A kept connection whose batch
+        failed is closed, and the next batch opens another."""
+        if not self._kept_lock.acquire(blocking=False):
+            raw = self.engine.raw_connection()
+            try:
+                yield raw
+            finally:
+                raw.close()
+            return
+        try:
+            if self._kept is None:
+                self._kept = self.engine.raw_connection()
+                self._kept.detach()           # the writer's own, not the pool's
+            try:
+                yield self._kept
+            except BaseException:
+                self._kept.close()
+                self._kept = None
+                raise
         finally:
-            if kept:
-                self._kept_lock.release()
+            self._kept_lock.release()
 
     def _commit(self, batch: list[_Slot]) -> None:
         """Per container in the batch: touch it (taking SQLite's write lock),
