@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Stackbox, VENV_BIN, in_bench_dirs, pct, settle  # noqa: E402
+from common import Stackbox, VENV_BIN, cpu_split, in_bench_dirs, pct, settle  # noqa: E402
 from run import Target, run_threads  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,9 +146,9 @@ def _rounds(a, sides: list[Side], data_root: Path, fs_label: str) -> int:
                 if a.op == "GET":
                     run_threads(a.n, a.c, _op(t, "PUT", f"r{rnd}", payload))
                     settle()
-                cpu0, client0 = _server_cpu(t), os.times()
+                cpu0, client0 = cpu_split(t.pgids()), os.times()
                 wall, lats, errs = run_threads(a.n, a.c, _op(t, a.op, f"r{rnd}", payload))
-                cpu1, client1 = _server_cpu(t), os.times()
+                cpu1, client1 = cpu_split(t.pgids()), os.times()
                 r = {"ops": a.n / wall, "p50": 1000 * pct(lats, 50),
                      "user": 1000 * (cpu1[0] - cpu0[0]) / a.n,
                      "sys": 1000 * (cpu1[1] - cpu0[1]) / a.n,
@@ -185,22 +185,6 @@ def _op(t: Target, op: str, tag: str, payload: bytes):
         r, body = t.req(state["conn"], "GET", path)
         return r.status == 200 and body == payload
     return one
-
-
-def _server_cpu(t: Target) -> tuple[float, float]:
-    """User and system CPU seconds of the server's process groups."""
-    tick, groups = os.sysconf("SC_CLK_TCK"), t.pgids()
-    user = system = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) in groups:
-            user += int(fields[11])
-            system += int(fields[12])
-    return user / tick, system / tick
 
 
 if __name__ == "__main__":

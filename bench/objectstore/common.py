@@ -105,7 +105,12 @@ def settle(max_wait: float = 30.0, busy_below: float = 0.15, writes_below: float
 
 def cpu_seconds(pgids: set[int]) -> float:
     """utime+stime of every process in the given process groups."""
-    total = 0.0
+    return sum(cpu_split(pgids))
+
+
+def cpu_split(pgids: set[int]) -> tuple[float, float]:
+    """(utime, stime) seconds of every process in the given process groups."""
+    user = system = 0.0
     for p in os.listdir("/proc"):
         if not p.isdigit():
             continue
@@ -116,8 +121,9 @@ def cpu_seconds(pgids: set[int]) -> float:
             continue
         fields = st[st.rindex(")") + 2:].split()
         if int(fields[2]) in pgids:
-            total += (int(fields[11]) + int(fields[12])) / TICK
-    return total
+            user += int(fields[11]) / TICK
+            system += int(fields[12]) / TICK
+    return user, system
 
 
 def ratios(med: dict, replicas) -> list[tuple[str, str, str]]:
