@@ -279,6 +279,18 @@ class ListingWriter:
                     slot.error, slot.result = exc, None
             self._deliver(batch)
 
+    def close(self) -> None:
+        """Let go of the kept connection and the lock file's fd, once no
+        batch is running (the service closes its step runner first). A
+        later change opens them again."""
+        with self._kept_lock:
+            if self._kept is not None:
+                self._kept.close()
+                self._kept = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
     @staticmethod
     def _deliver(batch: list[_Slot]) -> None:
         for slot in batch:

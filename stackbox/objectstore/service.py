@@ -357,6 +357,13 @@ class ObjectStoreService:
         self.loop_reads = LoopReads()         # small GETs on the event loop while cached
         self._accounts: dict[str, tuple[float, int, int | None]] = {}
 
+    def close(self) -> None:
+        """Stop the small writes' runner, then let go of the listing writer's
+        connection and the backend's threads."""
+        self.steps.close()
+        self._listings.close()
+        self.backend.close()
+
     # -- authorization -------------------------------------------------------
     def is_reseller(self, ctx) -> bool:
         return ctx is not None and any(r in getattr(ctx, "roles", ()) for r in self.reseller_roles)

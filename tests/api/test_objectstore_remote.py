@@ -100,7 +100,7 @@ def world(tmp_path):
         yield SimpleNamespace(svc=svc, server=server, remote=tmp_path / "remote",
                               local=tmp_path / "objects")
     finally:
-        svc.backend.close()
+        svc.close()
         db.dispose()
         server.stop()
 

@@ -3,6 +3,8 @@ change counter shared by the processes of a host (stackbox.common.generation).""
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 
 import pytest
@@ -244,3 +246,23 @@ def test_batches_keep_one_connection_and_drop_it_after_an_error(db, statements):
     assert len(checkouts) == 3
     assert names(db) == [f"k{i}" for i in (0, 1, 10, 2, 3, 4, 9)]
     assert counters(db)["c1"] == (7, 7)
+
+
+def test_close_lets_go_of_the_kept_connection_and_the_lock_file(db, statements):
+    """After close the writer holds no connection and no lock file fd; the
+    next change opens them again."""
+    w = ListingWriter(db.engine)
+    assert w.apply(put("k0", 1, 10)) is True
+    lock_fd = w._lock_fd
+    assert os.readlink(f"/proc/self/fd/{lock_fd}") == w._lock_path
+    sqlite = w._kept.driver_connection if statements == "sqlite3" else None
+    w.close()
+    assert w._kept is None and w._lock_fd == -1
+    assert (not os.path.exists(f"/proc/self/fd/{lock_fd}")
+            or os.readlink(f"/proc/self/fd/{lock_fd}") != w._lock_path)
+    if sqlite is not None:
+        with pytest.raises(sqlite3.ProgrammingError):
+            sqlite.execute("select 1")
+    assert w.apply(put("k1", 1, 10)) is True
+    assert names(db) == ["k0", "k1"]
+    w.close()

@@ -39,7 +39,7 @@ def _service(tmp_path, replicas=3, *, io_uring=True):
 def svc(tmp_path):
     s, db = _service(tmp_path)
     yield s
-    s.backend.close()
+    s.close()
     db.dispose()
 
 
@@ -49,7 +49,7 @@ def svc1(tmp_path):
     request's thread computes the md5 (storage.ReplicatedWriter.write)."""
     s, db = _service(tmp_path, replicas=1)
     yield s
-    s.backend.close()
+    s.close()
     db.dispose()
 
 
@@ -256,7 +256,7 @@ def svc_runner(request, tmp_path):
     s, db = _service(tmp_path, io_uring=request.param == "io_uring")
     assert type(s.steps) is (uring.UringRunner if request.param == "io_uring" else StepRunner)
     yield s
-    s.backend.close()
+    s.close()
     db.dispose()
 
 
@@ -373,7 +373,7 @@ def test_missing_device_uses_a_handoff_that_the_replicator_drains(tmp_path):
                       _files(tmp_path / "objects")) == sorted(p.name for p in primaries)
         assert svc.read_object(A, "c", "o")[1] == b"data"
     finally:
-        svc.backend.close()
+        svc.close()
         db.dispose()
 
 
@@ -410,7 +410,7 @@ def test_listings_sort_by_bytes_on_a_postgresql_with_a_natural_language_locale(t
                 in_bytes[in_bytes.index("Z/1") + 1:]
             assert [c.name for c in svc.list_containers(A)] == ["B", "a", "b"]
         finally:
-            svc.backend.close()
+            svc.close()
             db.dispose()
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
